@@ -1,0 +1,171 @@
+"""QA cases and the history of every step run.
+
+State changes are made by the conductor (``conductor.state``); this module only says what
+a case and a step run are and which rules the data must keep.  The rules live in the
+database as constraints so that no code path, admin edit or race can break them.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+# Module level so the Meta constraints can name them; used as Case.Status, WorkflowStep.Status.
+class CaseStatus(models.TextChoices):
+    NEW = "NEW"
+    PENDING_RESOURCE = "PENDING_RESOURCE", "Waiting for a GPU"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "PENDING"
+    DISPATCHED = "DISPATCHED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+ACTIVE_STEP_STATUSES = (StepStatus.PENDING, StepStatus.DISPATCHED, StepStatus.RUNNING)
+
+
+class Case(models.Model):
+    Status = CaseStatus
+
+    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    ACTIVE = (Status.NEW, Status.PENDING_RESOURCE, Status.PROCESSING)
+
+    case_id = models.CharField(max_length=255, unique=True, help_text="The case folder's name.")
+    source_path = models.TextField(help_text="The case folder in the watched directory.")
+    workflow = models.CharField(max_length=64)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW)
+    # The step being run, waited for (PENDING_RESOURCE), that failed, or the last one done.
+    workflow_step = models.CharField(max_length=64, blank=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    priority = models.IntegerField(default=0, help_text="Higher runs first when GPUs are scarce.")
+    # The GPU server the case was uploaded to; set by its first step.
+    host = models.CharField(max_length=64, blank=True)
+    error_kind = models.CharField(max_length=20, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The waiting line: PENDING_RESOURCE cases by priority, then age.
+            models.Index(fields=["status", "-priority", "created_at"], name="cases_case_queue_idx"),
+            models.Index(fields=["-created_at"], name="cases_case_created_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=CaseStatus.values),
+                name="cases_case_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0, progress__lte=100),
+                name="cases_case_progress_0_100",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.case_id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class WorkflowStep(models.Model):
+    """One attempt of one step for one case (a *step run*); messages carry its id."""
+
+    Status = StepStatus
+
+    ACTIVE = ACTIVE_STEP_STATUSES
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=64)
+    type = models.CharField(max_length=20)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    gpu = models.ForeignKey(
+        "gpus.GPUResource", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    host = models.CharField(max_length=64, blank=True)
+    command = models.TextField(blank=True, help_text="The rendered remote command.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Past this the reconciler re-drives the step run (lost message, dead worker).
+    deadline = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout_tail = models.TextField(blank=True)
+    stderr_tail = models.TextField(blank=True)
+    error_kind = models.CharField(max_length=20, blank=True)
+    error_message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["case", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=StepStatus.values),
+                name="cases_workflowstep_status_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["case", "name", "attempt"], name="cases_workflowstep_unique_attempt"
+            ),
+            # At most one step run of a case is in flight: outcomes for any other are stale.
+            models.UniqueConstraint(
+                fields=["case"],
+                condition=Q(status__in=ACTIVE_STEP_STATUSES),
+                name="cases_workflowstep_one_active_per_case",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["deadline"],
+                condition=Q(status__in=ACTIVE_STEP_STATUSES),
+                name="cases_workflowstep_active_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.case_id}:{self.name}#{self.attempt}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        if self.dispatched_at and self.finished_at:
+            return self.finished_at - self.dispatched_at
+        return None
+
+
+class CaseEvent(models.Model):
+    """A line of a case's history that is not a step run: created, failed, retried, ..."""
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32)
+    message = models.TextField(blank=True)
+    step_run = models.ForeignKey(
+        WorkflowStep, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.CharField(max_length=150, blank=True, help_text="Who caused it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["case", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.case_id} {self.kind}"

@@ -1,0 +1,76 @@
+"""The ``conductor`` actor on ``conductor_queue``: ``conductor.send(command, payload)``.
+
+It only translates a message into a call of :mod:`conductor.state`; every decision is made
+there.  Database errors propagate so Dramatiq's Retries middleware tries again with
+backoff (the handlers are idempotent); a malformed message is logged and dropped, since
+no retry can fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+
+from conductor import state
+from mqi_site.messaging import CONDUCTOR, QUEUES, Command
+
+log = logging.getLogger(__name__)
+
+
+class MalformedMessage(Exception):
+    """A message the conductor cannot act on; retrying would not help."""
+
+
+def _require(payload: dict[str, Any], key: str, kind: type) -> Any:
+    value = payload.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MalformedMessage(f"payload key {key!r} missing or not {kind.__name__}: {payload!r}")
+    return value
+
+
+def _new_case_found(command: str, payload: dict[str, Any]) -> None:
+    state.case_register(
+        case_id=_require(payload, "case_id", str),
+        source_path=_require(payload, "source_path", str),
+        workflow_name=payload.get("workflow"),
+        problems=[str(problem) for problem in payload.get("problems") or []],
+    )
+
+
+def _step_succeeded(command: str, payload: dict[str, Any]) -> None:
+    step_run_id = _require(payload, "step_run_id", int)
+    state.step_run_succeeded(step_run_id=step_run_id, command=command, outcome=payload)
+
+
+def _step_failed(command: str, payload: dict[str, Any]) -> None:
+    step_run_id = _require(payload, "step_run_id", int)
+    state.step_run_failed(step_run_id=step_run_id, command=command, outcome=payload)
+
+
+HANDLERS: dict[str, Callable[[str, dict[str, Any]], None]] = {
+    Command.NEW_CASE_FOUND: _new_case_found,
+    Command.CASE_UPLOAD_COMPLETED: _step_succeeded,
+    Command.EXECUTION_SUCCEEDED: _step_succeeded,
+    Command.RESULTS_DOWNLOAD_COMPLETED: _step_succeeded,
+    Command.EXECUTION_FAILED: _step_failed,
+    Command.FILE_TRANSFER_FAILED: _step_failed,
+}
+
+
+@dramatiq.actor(
+    actor_name=CONDUCTOR,
+    queue_name=QUEUES[CONDUCTOR],
+    max_retries=20,
+    min_backoff=500,
+    max_backoff=60_000,
+    time_limit=120_000,
+    throws=(MalformedMessage,),
+)
+def conductor(command: str, payload: dict[str, Any]) -> None:
+    handler = HANDLERS.get(command)
+    if handler is None:
+        raise MalformedMessage(f"unknown conductor command {command!r}")
+    handler(command, payload)

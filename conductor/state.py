@@ -1,0 +1,439 @@
+"""The conductor's state machine: every change of a case's state happens here.
+
+Each public function runs in one ``transaction.atomic()``: it locks the case row first
+(always the case before its GPU or step rows, so transactions never wait on each other in a
+cycle), decides with the pure functions of :mod:`conductor.workflow`, writes the new state
+and a history row together, and sends the next command only after the commit
+(``send_on_commit``), so no worker can see state that might still roll back.
+
+Outcome messages carry the id of the step run they report on.  An outcome for a step run
+that is no longer in flight (a duplicate, or one overtaken by a retry or a cancel) is
+recorded as a ``CaseEvent`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from cases.models import Case, CaseEvent, WorkflowStep
+from conductor import retry, workflow
+from gpus.models import GPUResource
+from gpus.services import free_gpu_exists, gpu_held_by, release_gpu, reserve_gpu
+from mqi_site.config import Config, StepSpec, get_config
+from mqi_site.messaging import REMOTE_EXECUTOR, STEP_ROUTES, Command, ErrorKind, send_on_commit
+
+log = logging.getLogger(__name__)
+
+# How long a dispatched step run may go without word from its worker before the
+# reconciler re-drives it.  Workers push the deadline forward while they work.
+DISPATCH_GRACE = timedelta(seconds=120)
+
+
+class CaseStateError(Exception):
+    """The requested change does not apply to the case in its current state."""
+
+
+# --- entry points for messages --------------------------------------------------------
+
+
+def case_register(
+    *,
+    case_id: str,
+    source_path: str,
+    workflow_name: str | None = None,
+    problems: Sequence[str] = (),
+) -> Case | None:
+    """Handle ``new_case_found``: create the case once and start it, or fail it if invalid.
+
+    Returns the new case, or None when a case with this id already exists (a duplicate
+    message, a re-scan after a restart, or a second folder with the same name).
+    """
+    config = get_config()
+    name = workflow_name or config.scanner.workflow
+    with transaction.atomic():
+        case, created = Case.objects.get_or_create(
+            case_id=case_id, defaults={"source_path": source_path, "workflow": name}
+        )
+        if not created:
+            if case.source_path != source_path:
+                _event(
+                    case,
+                    "duplicate_case_id",
+                    f"another folder with the same case id was found at {source_path}; "
+                    "it was not started (rename it to run it as its own case)",
+                )
+            return None
+        _event(case, "created", f"found at {source_path}")
+        if problems:
+            _fail(case, ErrorKind.INVALID_INPUT, "invalid case folder: " + "; ".join(problems))
+        elif name not in config.workflows:
+            _fail(case, ErrorKind.PERMANENT, f"workflow {name!r} is not in {config.source}")
+        else:
+            _advance_locked(case, config)
+    return case
+
+
+def advance_workflow(case_pk: int, *, skip_locked: bool = False) -> str | None:
+    """Move a case on: start its next step, wait for a GPU, or complete it.
+
+    Safe to call any number of times: a case with a step in flight is left alone.  Returns
+    the case's status afterwards, or None when ``skip_locked`` and another transaction
+    holds the case.
+    """
+    config = get_config()
+    with transaction.atomic():
+        case = _lock_case(case_pk, skip_locked=skip_locked)
+        if case is None:
+            return None
+        _advance_locked(case, config)
+        return case.status
+
+
+def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any]) -> bool:
+    """Handle a success message for a step run; returns False when it was stale."""
+    config = get_config()
+    with transaction.atomic():
+        locked = _lock_current_run(step_run_id, command, outcome)
+        if locked is None:
+            return False
+        case, run = locked
+        _finish_run(run, WorkflowStep.Status.SUCCEEDED, outcome)
+        _advance_locked(case, config)
+    return True
+
+
+def step_run_failed(*, step_run_id: int, command: str, outcome: dict[str, Any]) -> bool:
+    """Handle a failure message: retry a transient error within budget, else fail the case."""
+    config = get_config()
+    error_kind = outcome.get("error_kind") or ErrorKind.PERMANENT
+    reason = outcome.get("error_message") or "the worker reported a failure without a reason"
+    with transaction.atomic():
+        locked = _lock_current_run(step_run_id, command, outcome)
+        if locked is None:
+            return False
+        case, run = locked
+        _finish_run(run, WorkflowStep.Status.FAILED, outcome)
+        spec = _step_spec(config, case, run.name)
+        if spec is not None and retry.should_retry(
+            error_kind=error_kind, attempt=run.attempt, max_attempts=spec.max_attempts
+        ):
+            delay = retry.backoff_ms(
+                run.attempt,
+                base_sec=config.retries.backoff_base_sec,
+                max_sec=config.retries.backoff_max_sec,
+            )
+            _event(
+                case,
+                "retry_scheduled",
+                f"{run.name} attempt {run.attempt} failed ({reason}); "
+                f"attempt {run.attempt + 1} of {spec.max_attempts} in {delay / 1000:g} s",
+                run=run,
+            )
+            _dispatch(case, spec, gpu_held_by(case), config, delay_ms=delay)
+            return True
+        if error_kind == ErrorKind.TRANSIENT:
+            reason = f"gave up after {run.attempt} attempts: {reason}"
+        _fail(case, error_kind, f"{run.name} failed: {reason}", run=run)
+    return True
+
+
+# --- operator actions (admin and management commands call these) ----------------------
+
+
+def case_cancel(*, case_pk: int, actor: str = "") -> Case:
+    """Cancel a case: stop its remote process group, release its GPU, mark CANCELLED."""
+    with transaction.atomic():
+        case = _lock_case(case_pk)
+        if case.is_terminal:
+            raise CaseStateError(f"case {case.case_id} is already {case.status}; nothing to cancel")
+        run = _active_run(case)
+        if run is not None:
+            run.status = WorkflowStep.Status.CANCELLED
+            run.finished_at = timezone.now()
+            run.error_kind = ErrorKind.CANCELLED
+            run.error_message = f"cancelled by {actor or 'an operator'}"
+            run.save()
+            if run.type == "execute":
+                # The executor kills the whole remote process group (idempotent if the
+                # command never started or already ended).
+                send_on_commit(
+                    REMOTE_EXECUTOR,
+                    Command.CANCEL_COMMAND,
+                    {"case_id": case.case_id, "step_run_id": run.pk},
+                )
+        _end(case, Case.Status.CANCELLED, ErrorKind.CANCELLED, f"cancelled by {actor or 'an operator'}")
+        _event(case, "cancelled", case.error_message, run=run, actor=actor)
+    return case
+
+
+def case_retry(*, case_pk: int, from_start: bool = False, actor: str = "") -> Case:
+    """Run a failed or cancelled case again, from the step that failed or from the start."""
+    config = get_config()
+    with transaction.atomic():
+        case = _lock_case(case_pk)
+        if case.status not in (Case.Status.FAILED, Case.Status.CANCELLED):
+            raise CaseStateError(
+                f"case {case.case_id} is {case.status}; only FAILED or CANCELLED cases can be "
+                "retried"
+            )
+        if case.error_kind == ErrorKind.INVALID_INPUT and not from_start:
+            # An invalid folder never started a step; a retry re-validates nothing, so the
+            # honest retry is from the start after the folder was fixed.
+            from_start = True
+        steps = config.workflows.get(case.workflow)
+        if steps is None:
+            raise CaseStateError(f"workflow {case.workflow!r} is not configured any more")
+        if from_start or not case.workflow_step:
+            spec = workflow.first_step(steps)
+        else:
+            spec = _step_spec(config, case, case.workflow_step)
+            if spec is None:
+                raise CaseStateError(
+                    f"step {case.workflow_step!r} is not in workflow {case.workflow!r} any more; "
+                    "re-run from the start"
+                )
+        _event(
+            case,
+            "replayed" if from_start else "retried",
+            f"{'re-run from the start' if from_start else 'retry from ' + spec.name}",
+            actor=actor,
+        )
+        case.error_kind = ""
+        case.error_message = ""
+        case.finished_at = None
+        if from_start:
+            case.progress = 0
+        _start_or_wait(case, spec, config)
+    return case
+
+
+def case_set_priority(*, case_pk: int, priority: int, actor: str = "") -> Case:
+    with transaction.atomic():
+        case = _lock_case(case_pk)
+        if case.is_terminal:
+            raise CaseStateError(f"case {case.case_id} is {case.status}; priority no longer matters")
+        _event(case, "priority", f"priority {case.priority} -> {priority}", actor=actor)
+        case.priority = priority
+        case.save(update_fields=["priority", "updated_at"])
+    return case
+
+
+def advance_waiting_cases(*, limit: int = 200) -> int:
+    """Give free GPUs to waiting cases, highest priority then oldest first.
+
+    Called after every release and by the reconciler (so a lost wake-up costs at most one
+    reconcile interval).  Each case is advanced in its own transaction; cases another
+    transaction holds are skipped, it is already moving them.  Returns how many started.
+    """
+    started = 0
+    waiting = (
+        Case.objects.filter(status=Case.Status.PENDING_RESOURCE)
+        .order_by("-priority", "created_at", "pk")
+        .values_list("pk", "host")[:limit]
+    )
+    for case_pk, host in list(waiting):
+        if not free_gpu_exists():
+            break
+        if host and not free_gpu_exists(host):
+            continue
+        if advance_workflow(case_pk, skip_locked=True) == Case.Status.PROCESSING:
+            started += 1
+    return started
+
+
+# --- internals ------------------------------------------------------------------------
+
+
+def _lock_case(case_pk: int, *, skip_locked: bool = False) -> Case | None:
+    cases = Case.objects.select_for_update(skip_locked=skip_locked).filter(pk=case_pk)
+    case = cases.first()
+    if case is None and not skip_locked:
+        raise Case.DoesNotExist(f"no case with pk {case_pk}")
+    return case
+
+
+def _lock_current_run(
+    step_run_id: int, command: str, outcome: dict[str, Any]
+) -> tuple[Case, WorkflowStep] | None:
+    """Lock the case and its step run if the run is in flight; record and drop it if not."""
+    case_pk = WorkflowStep.objects.filter(pk=step_run_id).values_list("case_id", flat=True).first()
+    if case_pk is None:
+        log.warning("outcome %s for unknown step run %s ignored", command, step_run_id)
+        return None
+    case = _lock_case(case_pk)
+    run = WorkflowStep.objects.select_for_update().get(pk=step_run_id)
+    route = STEP_ROUTES.get(run.type)
+    expected = route is not None and command in (route.success, route.failure)
+    if not run.is_active or case.status != Case.Status.PROCESSING or not expected:
+        why = "of the wrong kind" if not expected else f"for a step run that is {run.status}"
+        _event(case, "ignored_outcome", f"{command} {why}; nothing changed", run=run)
+        log.info("case %s: stale %s for %s ignored", case.case_id, command, run)
+        return None
+    return case, run
+
+
+def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None:
+    run.status = status
+    run.finished_at = timezone.now()
+    run.exit_code = outcome.get("exit_code", run.exit_code)
+    run.stdout_tail = outcome.get("stdout_tail", run.stdout_tail) or ""
+    run.stderr_tail = outcome.get("stderr_tail", run.stderr_tail) or ""
+    if status == WorkflowStep.Status.FAILED:
+        run.error_kind = outcome.get("error_kind") or ErrorKind.PERMANENT
+        run.error_message = outcome.get("error_message") or ""
+    run.save()
+
+
+def _active_run(case: Case) -> WorkflowStep | None:
+    return case.steps.filter(status__in=WorkflowStep.ACTIVE).select_for_update().first()
+
+
+def _step_spec(config: Config, case: Case, name: str) -> StepSpec | None:
+    try:
+        return workflow.step_named(config.workflows[case.workflow], name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _advance_locked(case: Case, config: Config) -> None:
+    if case.is_terminal:
+        return
+    steps = config.workflows.get(case.workflow)
+    if steps is None:
+        _fail(case, ErrorKind.PERMANENT, f"workflow {case.workflow!r} is not in {config.source}")
+        return
+    try:
+        if case.status == Case.Status.NEW:
+            spec = workflow.first_step(steps)
+        elif case.status == Case.Status.PENDING_RESOURCE:
+            spec = workflow.step_named(steps, case.workflow_step)
+        elif _active_run(case) is not None:
+            return  # a step is in flight; its outcome will move the case on
+        else:
+            spec = workflow.next_step(steps, case.workflow_step)
+    except ValueError:
+        _fail(
+            case,
+            ErrorKind.PERMANENT,
+            f"step {case.workflow_step!r} is not in workflow {case.workflow!r} any more",
+        )
+        return
+    if spec is None:
+        _end(case, Case.Status.COMPLETED)
+        _event(case, "completed", "all steps succeeded")
+        return
+    _start_or_wait(case, spec, config)
+
+
+def _start_or_wait(case: Case, spec: StepSpec, config: Config) -> None:
+    gpu = gpu_held_by(case)
+    if workflow.needs_gpu(spec, config.conductor.gpu_policy):
+        gpu = gpu or reserve_gpu(case=case, host=case.host or None)
+        if gpu is None:
+            became_waiting = case.status != Case.Status.PENDING_RESOURCE
+            case.status = Case.Status.PENDING_RESOURCE
+            case.workflow_step = spec.name
+            case.save()
+            if became_waiting:
+                _event(case, "waiting_for_gpu", f"{spec.name} waits for a free GPU")
+                # A GPU released after our look but before our commit would find no
+                # waiting case: look once more after the commit (lost wake-up guard).
+                transaction.on_commit(_wake_if_gpu_free)
+            return
+    elif gpu is not None:
+        release_gpu(case=case)
+        transaction.on_commit(_advance_waiting_after_release)
+        gpu = None
+    if not case.host:
+        case.host = gpu.host if gpu is not None else config.default_host
+    case.status = Case.Status.PROCESSING
+    case.workflow_step = spec.name
+    case.progress = spec.progress
+    case.save()
+    _dispatch(case, spec, gpu, config)
+
+
+def _dispatch(
+    case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config, delay_ms: int | None = None
+) -> WorkflowStep:
+    route = STEP_ROUTES[spec.type]
+    attempt = (case.steps.filter(name=spec.name).aggregate(n=Max("attempt"))["n"] or 0) + 1
+    now = timezone.now()
+    run = WorkflowStep.objects.create(
+        case=case,
+        name=spec.name,
+        type=spec.type,
+        attempt=attempt,
+        status=WorkflowStep.Status.DISPATCHED,
+        gpu=gpu,
+        host=case.host,
+        command=_render(case, spec, gpu, config),
+        dispatched_at=now,
+        deadline=now + DISPATCH_GRACE + timedelta(milliseconds=delay_ms or 0),
+    )
+    send_on_commit(
+        route.actor,
+        route.command,
+        {"case_id": case.case_id, "step_run_id": run.pk},
+        delay_ms=delay_ms,
+    )
+    return run
+
+
+def _render(case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config) -> str:
+    if spec.type != "execute":
+        return ""
+    paths = config.conductor.remote_paths
+    return workflow.render_command(
+        config.remote_commands[spec.name],
+        {
+            "case_id": case.case_id,
+            "gpu_id": gpu.index if gpu is not None else "",
+            "gpu_uuid": gpu.uuid if gpu is not None else "",
+            "case_dir": workflow.remote_case_dir(paths.upload_dir, case.case_id),
+            "output_dir": workflow.remote_output_dir(paths.download_dir, case.case_id),
+            "host": case.host,
+            "step": spec.name,
+        },
+    )
+
+
+def _fail(case: Case, error_kind: str, message: str, run: WorkflowStep | None = None) -> None:
+    _end(case, Case.Status.FAILED, error_kind, message)
+    _event(case, "failed", message, run=run)
+
+
+def _end(case: Case, status: str, error_kind: str = "", message: str = "") -> None:
+    """Terminal status and GPU release in the same transaction: no GPU outlives its case."""
+    case.status = status
+    case.error_kind = error_kind
+    case.error_message = message
+    case.finished_at = timezone.now()
+    if status == Case.Status.COMPLETED:
+        case.progress = 100
+    case.save()
+    if release_gpu(case=case) is not None:
+        transaction.on_commit(_advance_waiting_after_release)
+
+
+def _event(
+    case: Case, kind: str, message: str, *, run: WorkflowStep | None = None, actor: str = ""
+) -> None:
+    CaseEvent.objects.create(case=case, kind=kind, message=message, step_run=run, actor=actor)
+    log.info("case %s: %s: %s", case.case_id, kind, message)
+
+
+def _advance_waiting_after_release() -> None:
+    advance_waiting_cases()
+
+
+def _wake_if_gpu_free() -> None:
+    if free_gpu_exists():
+        advance_waiting_cases()

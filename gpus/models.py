@@ -1,0 +1,64 @@
+"""GPUs on the GPU servers and who holds them."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class GPUStatus(models.TextChoices):
+    AVAILABLE = "AVAILABLE"
+    RESERVED = "RESERVED"
+    MAINTENANCE = "MAINTENANCE"
+    OFFLINE = "OFFLINE"
+
+
+class GPUResource(models.Model):
+    Status = GPUStatus
+
+    host = models.CharField(max_length=64, help_text="Host name from config.yaml.")
+    index = models.PositiveSmallIntegerField(help_text="nvidia-smi index on the host.")
+    uuid = models.CharField(max_length=64, blank=True)
+    name = models.CharField(max_length=128, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
+    # One-to-one: a GPU is held by at most one case and a case holds at most one GPU.
+    reserved_by = models.OneToOneField(
+        "cases.Case",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="reserved_gpu",
+    )
+    reserved_at = models.DateTimeField(null=True, blank=True)
+    # Maintenance asked for while reserved: the GPU finishes its case, then goes to
+    # MAINTENANCE instead of AVAILABLE.
+    drain_requested = models.BooleanField(default=False)
+    # Processes on the GPU that this system did not start; such a GPU is not handed out.
+    foreign_processes = models.PositiveSmallIntegerField(default=0)
+    memory_used_mib = models.PositiveIntegerField(null=True, blank=True)
+    memory_total_mib = models.PositiveIntegerField(null=True, blank=True)
+    utilization_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    temperature_c = models.SmallIntegerField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["host", "index"]
+        verbose_name = "GPU"
+        constraints = [
+            models.UniqueConstraint(fields=["host", "index"], name="gpus_gpuresource_unique_slot"),
+            models.CheckConstraint(
+                condition=Q(status__in=GPUStatus.values),
+                name="gpus_gpuresource_status_valid",
+            ),
+            # RESERVED <=> held by a case.
+            models.CheckConstraint(
+                condition=(
+                    Q(status="RESERVED", reserved_by__isnull=False)
+                    | (~Q(status="RESERVED") & Q(reserved_by__isnull=True))
+                ),
+                name="gpus_gpuresource_reserved_has_case",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.index}"

@@ -1,0 +1,323 @@
+"""``config.yaml``: schema, validation and loading.
+
+The file is read with ``yaml.safe_load`` and validated once; every problem is reported with
+the dotted key it concerns (``workflows.default_qa[1].type: unknown step type 'uplod'``) so an
+operator can fix it without reading code.  Structure is checked by pydantic (unknown keys,
+types, ranges); the rules that span sections (templates per execute step, placeholders,
+increasing progress) are checked afterwards in :func:`_cross_section_problems`.
+
+Relative paths in the file are taken relative to the file's own directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mqi_site.messaging import STEP_ROUTES
+
+# Values a remote command template may use; each is shell-quoted when rendered.
+TEMPLATE_PLACEHOLDERS = frozenset(
+    {"case_id", "gpu_id", "gpu_uuid", "case_dir", "output_dir", "host", "step"}
+)
+STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists one ``key: reason`` per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid configuration {source}:\n{listed}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _absolute_posix(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts:
+        raise ValueError("must be an absolute path without '..'")
+    return str(path)
+
+
+class RemotePaths(_Section):
+    upload_dir: str
+    download_dir: str
+
+    _absolute = field_validator("upload_dir", "download_dir")(_absolute_posix)
+
+
+class ConductorSection(_Section):
+    # Superseded by the periodic triggers (scanner/reconcile intervals); accepted so the
+    # component guide's files load unchanged.
+    monitor_interval_sec: float = Field(60, gt=0)
+    remote_paths: RemotePaths
+    # every_step: a case holds its GPU from upload to download (the component guide's rule).
+    # execute_steps: a GPU is held only while execute steps run; uploads and downloads of one
+    # case overlap with another case's simulation on the same GPU.
+    gpu_policy: Literal["every_step", "execute_steps"] = "every_step"
+    reconcile_interval_sec: float = Field(30, gt=0, le=3600)
+
+
+class StepSpec(_Section):
+    name: str
+    type: str
+    progress: int
+    # Longest the step may run; execute steps are killed (process group) past it.
+    timeout_sec: float = Field(6 * 3600, gt=0)
+    # Regex with named groups ``done`` and ``total`` matched against stdout lines.
+    progress_pattern: str | None = None
+    # Attempts in total for transient failures (network, SSH, broker).
+    max_attempts: int = Field(3, ge=1, le=20)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not STEP_NAME_RE.match(value):
+            raise ValueError("step names are lower-case identifiers (a-z, 0-9, _)")
+        return value
+
+    @field_validator("progress_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if not {"done", "total"} <= set(compiled.groupindex):
+            raise ValueError("needs named groups (?P<done>...) and (?P<total>...)")
+        return value
+
+
+class StaticGPU(_Section):
+    index: int = Field(ge=0)
+    uuid: str = ""
+    name: str = "GPU"
+    memory_total_mib: int = Field(0, ge=0)
+
+
+class HostSpec(_Section):
+    transport: Literal["ssh", "local"]
+    hostname: str = "127.0.0.1"
+    port: int = Field(22, ge=1, le=65535)
+    username: str = ""
+    # Private key and known_hosts are files on the worker machine (mount secrets there);
+    # nothing secret is written into config.yaml itself.
+    key_file: str = ""
+    known_hosts_file: str = ""
+    connect_timeout_sec: float = Field(10, gt=0)
+    keepalive_sec: int = Field(15, ge=0)
+    gpu_discovery: Literal["nvidia-smi", "static"] = "nvidia-smi"
+    nvidia_smi: str = "nvidia-smi"
+    static_gpus: list[StaticGPU] = []
+
+
+class ScannerSection(_Section):
+    watch_dir: str
+    workflow: str = "default_qa"
+    ready_marker: str = "READY"
+    quiet_period_sec: float = Field(60, ge=0)
+    scan_interval_sec: float = Field(10, gt=0)
+    rtplan_globs: list[str] = ["*.dcm"]
+    log_patterns: list[str] = []
+    use_file_events: bool = True
+
+
+class ResultsSection(_Section):
+    local_dir: str
+
+
+class GPUSection(_Section):
+    discovery_interval_sec: float = Field(60, gt=0)
+
+
+class RetrySection(_Section):
+    backoff_base_sec: float = Field(2, gt=0)
+    backoff_max_sec: float = Field(300, gt=0)
+
+
+class Config(_Section):
+    conductor: ConductorSection
+    workflows: dict[str, Annotated[list[StepSpec], Field(min_length=1)]]
+    remote_commands: dict[str, str] = {}
+    hosts: dict[str, HostSpec]
+    scanner: ScannerSection
+    results: ResultsSection
+    gpus: GPUSection = GPUSection()
+    retries: RetrySection = RetrySection()
+    source: str = ""
+
+    def step(self, workflow: str, name: str) -> StepSpec:
+        for spec in self.workflows[workflow]:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"workflow {workflow!r} has no step {name!r}")
+
+    @property
+    def default_host(self) -> str:
+        return next(iter(self.hosts))
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key or "(top level)"
+
+
+def _pydantic_problems(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        key = _format_location(item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message}")
+    return problems
+
+
+def template_placeholders(template: str) -> list[str]:
+    """Field names used by a ``str.format`` template, raising ValueError on bad syntax."""
+    names = []
+    for _literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{field}}} may not use a format spec or conversion")
+        names.append(field)
+    return names
+
+
+def _cross_section_problems(config: Config) -> list[str]:
+    problems: list[str] = []
+    for workflow, steps in config.workflows.items():
+        previous = -1
+        seen: set[str] = set()
+        for position, spec in enumerate(steps):
+            key = f"workflows.{workflow}[{position}]"
+            if spec.type not in STEP_ROUTES:
+                known = ", ".join(sorted(STEP_ROUTES))
+                problems.append(f"{key}.type: unknown step type {spec.type!r} (known: {known})")
+            if spec.name in seen:
+                problems.append(f"{key}.name: step {spec.name!r} appears twice")
+            seen.add(spec.name)
+            if not 0 <= spec.progress <= 100:
+                problems.append(f"{key}.progress: {spec.progress} is outside 0-100")
+            elif spec.progress <= previous:
+                problems.append(
+                    f"{key}.progress: {spec.progress} must be greater than the previous "
+                    f"step's {previous}"
+                )
+            previous = max(previous, spec.progress)
+            if spec.type == "execute" and spec.name not in config.remote_commands:
+                problems.append(
+                    f"remote_commands.{spec.name}: execute step {spec.name!r} of workflow "
+                    f"{workflow!r} has no command template"
+                )
+    for name, template in config.remote_commands.items():
+        try:
+            unknown = set(template_placeholders(template)) - TEMPLATE_PLACEHOLDERS
+        except ValueError as exc:
+            problems.append(f"remote_commands.{name}: {exc}")
+            continue
+        for placeholder in sorted(unknown):
+            allowed = ", ".join(f"{{{p}}}" for p in sorted(TEMPLATE_PLACEHOLDERS))
+            problems.append(
+                f"remote_commands.{name}: unknown placeholder {{{placeholder}}} (allowed: {allowed})"
+            )
+    if config.scanner.workflow not in config.workflows:
+        problems.append(f"scanner.workflow: no workflow named {config.scanner.workflow!r}")
+    if not config.hosts:
+        problems.append("hosts: at least one host is required")
+    for name, host in config.hosts.items():
+        if host.transport == "ssh":
+            for field in ("username", "key_file", "known_hosts_file"):
+                if not getattr(host, field):
+                    problems.append(f"hosts.{name}.{field}: required for the ssh transport")
+        if host.gpu_discovery == "static" and not host.static_gpus:
+            problems.append(f"hosts.{name}.static_gpus: static discovery needs a GPU list")
+    return problems
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the local paths in ``raw`` absolute, relative to the config file's directory."""
+
+    def resolve(section: dict[str, Any] | None, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str) and section[key]:
+            # normpath, not resolve(): remote paths must not follow this machine's symlinks.
+            section[key] = os.path.normpath(base / Path(section[key]).expanduser())
+
+    resolve(raw.get("scanner"), "watch_dir")
+    resolve(raw.get("results"), "local_dir")
+    for host in (raw.get("hosts") or {}).values():
+        for key in ("key_file", "known_hosts_file"):
+            resolve(host, key)
+    # Relative remote paths only make sense for the local transport (a site that runs on
+    # the GPU server itself, and the embedded default): they are taken from the config's
+    # directory like every other local path.
+    conductor = raw.get("conductor")
+    if isinstance(conductor, dict):
+        resolve(conductor.get("remote_paths"), "upload_dir")
+        resolve(conductor.get("remote_paths"), "download_dir")
+
+
+def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Validate configuration text; raise :class:`ConfigError` listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"(file): not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of sections"])
+    _resolve_paths(raw, base_dir or Path.cwd())
+    try:
+        config = Config.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_problems(exc)) from None
+    problems = _cross_section_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
+    return parse_config(text, source=str(path), base_dir=path.parent)
+
+
+@cache
+def _cached_config(path: str) -> Config:
+    return load_config(Path(path))
+
+
+def get_config() -> Config:
+    """The configuration named by ``settings.MQI_CONFIG``, loaded once per process."""
+    from django.conf import settings
+
+    return _cached_config(str(settings.MQI_CONFIG))
+
+
+def clear_config_cache() -> None:
+    _cached_config.cache_clear()
