@@ -6,4 +6,6 @@ class ConductorConfig(AppConfig):
     verbose_name = "Conductor"
 
     def ready(self) -> None:
-        from conductor import checks  # noqa: F401  (registers the config system check)
+        # Registers the config system check, and declares the conductor actor so every
+        # process (web, workers, commands) can route messages to its queue.
+        from conductor import actors, checks  # noqa: F401

@@ -168,7 +168,12 @@ def case_cancel(*, case_pk: int, actor: str = "") -> Case:
                     Command.CANCEL_COMMAND,
                     {"case_id": case.case_id, "step_run_id": run.pk},
                 )
-        _end(case, Case.Status.CANCELLED, ErrorKind.CANCELLED, f"cancelled by {actor or 'an operator'}")
+        _end(
+            case,
+            Case.Status.CANCELLED,
+            ErrorKind.CANCELLED,
+            f"cancelled by {actor or 'an operator'}",
+        )
         _event(case, "cancelled", case.error_message, run=run, actor=actor)
     return case
 
@@ -218,7 +223,9 @@ def case_set_priority(*, case_pk: int, priority: int, actor: str = "") -> Case:
     with transaction.atomic():
         case = _lock_case(case_pk)
         if case.is_terminal:
-            raise CaseStateError(f"case {case.case_id} is {case.status}; priority no longer matters")
+            raise CaseStateError(
+                f"case {case.case_id} is {case.status}; priority no longer matters"
+            )
         _event(case, "priority", f"priority {case.priority} -> {priority}", actor=actor)
         case.priority = priority
         case.save(update_fields=["priority", "updated_at"])

@@ -221,13 +221,15 @@ def _cross_section_problems(config: Config) -> list[str]:
                 problems.append(f"{key}.name: step {spec.name!r} appears twice")
             seen.add(spec.name)
             if not 0 <= spec.progress <= 100:
+                # An out-of-range value says nothing about the order of the others.
                 problems.append(f"{key}.progress: {spec.progress} is outside 0-100")
             elif spec.progress <= previous:
                 problems.append(
                     f"{key}.progress: {spec.progress} must be greater than the previous "
                     f"step's {previous}"
                 )
-            previous = max(previous, spec.progress)
+            else:
+                previous = spec.progress
             if spec.type == "execute" and spec.name not in config.remote_commands:
                 problems.append(
                     f"remote_commands.{spec.name}: execute step {spec.name!r} of workflow "
@@ -242,7 +244,8 @@ def _cross_section_problems(config: Config) -> list[str]:
         for placeholder in sorted(unknown):
             allowed = ", ".join(f"{{{p}}}" for p in sorted(TEMPLATE_PLACEHOLDERS))
             problems.append(
-                f"remote_commands.{name}: unknown placeholder {{{placeholder}}} (allowed: {allowed})"
+                f"remote_commands.{name}: unknown placeholder {{{placeholder}}} "
+                f"(allowed: {allowed})"
             )
     if config.scanner.workflow not in config.workflows:
         problems.append(f"scanner.workflow: no workflow named {config.scanner.workflow!r}")
