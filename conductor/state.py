@@ -232,6 +232,38 @@ def case_set_priority(*, case_pk: int, priority: int, actor: str = "") -> Case:
     return case
 
 
+def gpu_start_maintenance(*, gpu_pk: int, actor: str = "") -> GPUResource:
+    """Take a GPU out of service; a reserved one is drained (finishes its case first)."""
+    with transaction.atomic():
+        gpu = GPUResource.objects.select_for_update().get(pk=gpu_pk)
+        if gpu.status == GPUResource.Status.RESERVED:
+            gpu.drain_requested = True
+            log.info("GPU %s: drain requested by %s", gpu, actor or "an operator")
+        elif gpu.status == GPUResource.Status.MAINTENANCE:
+            raise CaseStateError(f"GPU {gpu} is already in maintenance")
+        else:
+            gpu.status = GPUResource.Status.MAINTENANCE
+            log.info("GPU %s: maintenance started by %s", gpu, actor or "an operator")
+        gpu.save()
+    return gpu
+
+
+def gpu_end_maintenance(*, gpu_pk: int, actor: str = "") -> GPUResource:
+    """Put a GPU back in service (or cancel a pending drain) and hand it to a waiting case."""
+    with transaction.atomic():
+        gpu = GPUResource.objects.select_for_update().get(pk=gpu_pk)
+        if gpu.status == GPUResource.Status.MAINTENANCE:
+            gpu.status = GPUResource.Status.AVAILABLE
+            transaction.on_commit(_advance_waiting_after_release)
+        elif gpu.drain_requested:
+            gpu.drain_requested = False
+        else:
+            raise CaseStateError(f"GPU {gpu} is {gpu.status}, not in maintenance")
+        gpu.save()
+        log.info("GPU %s: back in service (%s)", gpu, actor or "an operator")
+    return gpu
+
+
 def advance_waiting_cases(*, limit: int = 200) -> int:
     """Give free GPUs to waiting cases, highest priority then oldest first.
 

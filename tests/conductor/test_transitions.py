@@ -437,3 +437,35 @@ def test_draining_gpu_goes_to_maintenance_after_its_case(stub_broker):
     waiting.refresh_from_db()
     assert gpu.status == GPUResource.Status.MAINTENANCE
     assert waiting.status == Case.Status.PENDING_RESOURCE
+
+
+def test_maintenance_on_a_free_gpu_takes_it_out_of_service(stub_broker):
+    (gpu,) = make_gpus(1)
+
+    state.gpu_start_maintenance(gpu_pk=gpu.pk)
+
+    assert register("case-1").status == Case.Status.PENDING_RESOURCE
+
+
+def test_ending_maintenance_hands_the_gpu_to_a_waiting_case(stub_broker):
+    (gpu,) = make_gpus(1)
+    state.gpu_start_maintenance(gpu_pk=gpu.pk)
+    waiting = register("case-1")
+
+    state.gpu_end_maintenance(gpu_pk=gpu.pk)
+
+    waiting.refresh_from_db()
+    assert waiting.status == Case.Status.PROCESSING
+
+
+def test_maintenance_on_a_reserved_gpu_drains_it(stub_broker):
+    (gpu,) = make_gpus(1)
+    case = register("case-1")
+
+    state.gpu_start_maintenance(gpu_pk=gpu.pk)
+
+    gpu.refresh_from_db()
+    assert (gpu.status, gpu.drain_requested) == (GPUResource.Status.RESERVED, True)
+    run_to_completion(case)
+    gpu.refresh_from_db()
+    assert gpu.status == GPUResource.Status.MAINTENANCE
