@@ -163,6 +163,8 @@ class CaseEvent(models.Model):
     )
     actor = models.CharField(max_length=150, blank=True, help_text="Who caused it.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set when the notification mail for this event went out: at most one mail per event.
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["case", "id"]

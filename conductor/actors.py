@@ -14,8 +14,8 @@ from typing import Any
 
 import dramatiq
 
-from conductor import state
-from mqi_site.messaging import CONDUCTOR, QUEUES, Command
+from conductor import notifications, state
+from mqi_site.messaging import CONDUCTOR, NOTIFIER, QUEUES, Command
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +74,17 @@ def conductor(command: str, payload: dict[str, Any]) -> None:
     if handler is None:
         raise MalformedMessage(f"unknown conductor command {command!r}")
     handler(command, payload)
+
+
+@dramatiq.actor(
+    actor_name=NOTIFIER,
+    queue_name=QUEUES[NOTIFIER],
+    max_retries=10,
+    min_backoff=5_000,
+    max_backoff=600_000,
+    throws=(MalformedMessage,),
+)
+def notifier(command: str, payload: dict[str, Any]) -> None:
+    if command != Command.NOTIFY:
+        raise MalformedMessage(f"unknown notifier command {command!r}")
+    notifications.notify_case_event(_require(payload, "event_id", int))

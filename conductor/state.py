@@ -23,17 +23,26 @@ from django.db.models import Max
 from django.utils import timezone
 
 from cases.models import Case, CaseEvent, WorkflowStep
-from conductor import retry, workflow
+from conductor import notifications, retry, workflow
 from gpus.models import GPUResource
 from gpus.services import free_gpu_exists, gpu_held_by, release_gpu, reserve_gpu
 from mqi_site.config import Config, StepSpec, get_config
-from mqi_site.messaging import REMOTE_EXECUTOR, STEP_ROUTES, Command, ErrorKind, send_on_commit
+from mqi_site.messaging import (
+    NOTIFIER,
+    REMOTE_EXECUTOR,
+    STEP_ROUTES,
+    Command,
+    ErrorKind,
+    send_on_commit,
+)
 
 log = logging.getLogger(__name__)
 
 # How long a dispatched step run may go without word from its worker before the
 # reconciler re-drives it.  Workers push the deadline forward while they work.
 DISPATCH_GRACE = timedelta(seconds=120)
+# Re-sends of a silent step run before it counts as a (transient) failure.
+MAX_REDRIVES = 5
 
 
 class CaseStateError(Exception):
@@ -120,28 +129,72 @@ def step_run_failed(*, step_run_id: int, command: str, outcome: dict[str, Any]) 
             return False
         case, run = locked
         _finish_run(run, WorkflowStep.Status.FAILED, outcome)
-        spec = _step_spec(config, case, run.name)
-        if spec is not None and retry.should_retry(
-            error_kind=error_kind, attempt=run.attempt, max_attempts=spec.max_attempts
-        ):
-            delay = retry.backoff_ms(
-                run.attempt,
-                base_sec=config.retries.backoff_base_sec,
-                max_sec=config.retries.backoff_max_sec,
-            )
-            _event(
-                case,
-                "retry_scheduled",
-                f"{run.name} attempt {run.attempt} failed ({reason}); "
-                f"attempt {run.attempt + 1} of {spec.max_attempts} in {delay / 1000:g} s",
-                run=run,
-            )
-            _dispatch(case, spec, gpu_held_by(case), config, delay_ms=delay)
-            return True
-        if error_kind == ErrorKind.TRANSIENT:
-            reason = f"gave up after {run.attempt} attempts: {reason}"
-        _fail(case, error_kind, f"{run.name} failed: {reason}", run=run)
+        _retry_or_fail(case, run, config, error_kind, reason)
     return True
+
+
+def step_run_redrive(*, step_run_id: int) -> str:
+    """Re-send the command of a step run past its deadline (lost message, dead worker).
+
+    Workers are idempotent for a given step run (the executor re-attaches to a command that
+    is still running; transfers skip what is already verified), so re-sending is safe.  A
+    run re-driven ``MAX_REDRIVES`` times without word is treated as a transient failure.
+    Returns what was done: ``"redriven"``, ``"failed"`` or ``"skipped"``.
+    """
+    config = get_config()
+    with transaction.atomic():
+        case_pk = WorkflowStep.objects.filter(pk=step_run_id).values_list("case_id", flat=True)[0]
+        case = _lock_case(case_pk)
+        run = WorkflowStep.objects.select_for_update().get(pk=step_run_id)
+        now = timezone.now()
+        if not run.is_active or case.status != Case.Status.PROCESSING or run.deadline > now:
+            return "skipped"
+        silent_for = now - (run.heartbeat_at or run.dispatched_at or run.created_at)
+        redrives = CaseEvent.objects.filter(step_run=run, kind="redriven").count()
+        if redrives >= MAX_REDRIVES:
+            reason = (
+                f"no word from the worker for {int(silent_for.total_seconds())} s "
+                f"after {redrives} re-sends"
+            )
+            _finish_run(
+                run,
+                WorkflowStep.Status.FAILED,
+                {"error_kind": ErrorKind.TRANSIENT, "error_message": reason},
+            )
+            _retry_or_fail(case, run, config, ErrorKind.TRANSIENT, reason)
+            return "failed"
+        run.deadline = now + DISPATCH_GRACE
+        run.save(update_fields=["deadline"])
+        _event(
+            case,
+            "redriven",
+            f"{run.name} attempt {run.attempt}: no word for {int(silent_for.total_seconds())} s, "
+            f"command sent again ({redrives + 1}/{MAX_REDRIVES})",
+            run=run,
+        )
+        route = STEP_ROUTES[run.type]
+        send_on_commit(route.actor, route.command, {"case_id": case.case_id, "step_run_id": run.pk})
+    return "redriven"
+
+
+def gpu_repair_bookings() -> int:
+    """Release GPUs booked by a case that is not running (a booking state can't explain)."""
+    repaired = 0
+    stale = GPUResource.objects.filter(status=GPUResource.Status.RESERVED).exclude(
+        reserved_by__status=Case.Status.PROCESSING
+    )
+    for case_pk in stale.values_list("reserved_by", flat=True):
+        with transaction.atomic():
+            case = _lock_case(case_pk)
+            if case.status == Case.Status.PROCESSING:
+                continue  # it moved on since we looked
+            gpu = release_gpu(case=case)
+            if gpu is None:
+                continue
+            _event(case, "gpu_repaired", f"GPU {gpu} was still booked by this {case.status} case")
+            transaction.on_commit(_advance_waiting_after_release)
+            repaired += 1
+    return repaired
 
 
 # --- operator actions (admin and management commands call these) ----------------------
@@ -444,6 +497,33 @@ def _render(case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config)
     )
 
 
+def _retry_or_fail(
+    case: Case, run: WorkflowStep, config: Config, error_kind: str, reason: str
+) -> None:
+    """After a failed attempt: another attempt with backoff if the policy allows, else fail."""
+    spec = _step_spec(config, case, run.name)
+    if spec is not None and retry.should_retry(
+        error_kind=error_kind, attempt=run.attempt, max_attempts=spec.max_attempts
+    ):
+        delay = retry.backoff_ms(
+            run.attempt,
+            base_sec=config.retries.backoff_base_sec,
+            max_sec=config.retries.backoff_max_sec,
+        )
+        _event(
+            case,
+            "retry_scheduled",
+            f"{run.name} attempt {run.attempt} failed ({reason}); "
+            f"attempt {run.attempt + 1} of {spec.max_attempts} in {delay / 1000:g} s",
+            run=run,
+        )
+        _dispatch(case, spec, gpu_held_by(case), config, delay_ms=delay)
+        return
+    if error_kind == ErrorKind.TRANSIENT:
+        reason = f"gave up after {run.attempt} attempts: {reason}"
+    _fail(case, error_kind, f"{run.name} failed: {reason}", run=run)
+
+
 def _fail(case: Case, error_kind: str, message: str, run: WorkflowStep | None = None) -> None:
     _end(case, Case.Status.FAILED, error_kind, message)
     _event(case, "failed", message, run=run)
@@ -464,9 +544,14 @@ def _end(case: Case, status: str, error_kind: str = "", message: str = "") -> No
 
 def _event(
     case: Case, kind: str, message: str, *, run: WorkflowStep | None = None, actor: str = ""
-) -> None:
-    CaseEvent.objects.create(case=case, kind=kind, message=message, step_run=run, actor=actor)
+) -> CaseEvent:
+    event = CaseEvent.objects.create(
+        case=case, kind=kind, message=message, step_run=run, actor=actor
+    )
     log.info("case %s: %s: %s", case.case_id, kind, message)
+    if notifications.wants_notification(kind):
+        send_on_commit(NOTIFIER, Command.NOTIFY, {"case_id": case.case_id, "event_id": event.pk})
+    return event
 
 
 def _advance_waiting_after_release() -> None:

@@ -149,6 +149,14 @@ class RetrySection(_Section):
     backoff_max_sec: float = Field(300, gt=0)
 
 
+class NotificationSection(_Section):
+    # Addresses mailed when a case fails (and, with on_complete, when one completes).
+    email_to: list[str] = []
+    on_complete: bool = False
+    # Where the admin is reachable, for the link in the mail.
+    admin_base_url: str = "http://localhost:8000"
+
+
 class Config(_Section):
     conductor: ConductorSection
     workflows: dict[str, Annotated[list[StepSpec], Field(min_length=1)]]
@@ -158,6 +166,7 @@ class Config(_Section):
     results: ResultsSection
     gpus: GPUSection = GPUSection()
     retries: RetrySection = RetrySection()
+    notifications: NotificationSection = NotificationSection()
     source: str = ""
 
     def step(self, workflow: str, name: str) -> StepSpec:

@@ -19,12 +19,14 @@ CONDUCTOR = "conductor"
 REMOTE_EXECUTOR = "remote_executor"
 FILE_TRANSFER = "file_transfer"
 SCANNER = "case_scanner"
+NOTIFIER = "notifier"
 
 QUEUES = {
     CONDUCTOR: "conductor_queue",
     REMOTE_EXECUTOR: "remote_executor_queue",
     FILE_TRANSFER: "file_transfer_queue",
     SCANNER: "scanner_queue",
+    NOTIFIER: "notifications_queue",
 }
 
 
@@ -45,6 +47,8 @@ class Command:
     EXECUTE_COMMAND = "execute_command"
     POLL_COMMAND = "poll_command"
     CANCEL_COMMAND = "cancel_command"
+    # -> notifier
+    NOTIFY = "notify"
 
 
 CONDUCTOR_COMMANDS = frozenset(

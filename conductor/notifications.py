@@ -1,0 +1,58 @@
+"""Mail to the configured addresses when a case fails (and optionally completes).
+
+At most one mail per event: the event row is claimed (``notified_at``) before sending, and
+released again if the mail server refuses, so a retry can send it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.mail import send_mail
+from django.urls import reverse
+from django.utils import timezone
+
+from cases.models import CaseEvent
+from mqi_site.config import get_config
+
+log = logging.getLogger(__name__)
+
+
+def wants_notification(kind: str) -> bool:
+    settings = get_config().notifications
+    return bool(settings.email_to) and (
+        kind == "failed" or (kind == "completed" and settings.on_complete)
+    )
+
+
+def notify_case_event(event_pk: int) -> bool:
+    """Mail the event; False when there is nobody to mail or it was mailed already."""
+    settings = get_config().notifications
+    if not settings.email_to:
+        return False
+    claimed = CaseEvent.objects.filter(pk=event_pk, notified_at__isnull=True).update(
+        notified_at=timezone.now()
+    )
+    if claimed != 1:
+        return False
+    event = CaseEvent.objects.select_related("case", "step_run").get(pk=event_pk)
+    case = event.case
+    link = settings.admin_base_url.rstrip("/") + reverse("admin:cases_case_change", args=[case.pk])
+    step = event.step_run.name if event.step_run else case.workflow_step or "-"
+    subject = f"[MQI] case {case.case_id} {case.status.lower()} at {step}"
+    body = (
+        f"Case:    {case.case_id}\n"
+        f"Status:  {case.status}\n"
+        f"Step:    {step}\n"
+        f"Reason:  {case.error_message or event.message}\n"
+        f"Kind:    {case.error_kind or '-'}\n"
+        f"Folder:  {case.source_path}\n\n"
+        f"Open the case: {link}\n"
+    )
+    try:
+        send_mail(subject, body, None, settings.email_to)
+    except OSError:
+        CaseEvent.objects.filter(pk=event_pk).update(notified_at=None)
+        raise
+    log.info("case %s: mailed %s about %s", case.case_id, ", ".join(settings.email_to), event.kind)
+    return True

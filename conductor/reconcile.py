@@ -1,0 +1,79 @@
+"""The reconciler: finds work the messages lost and drives it again.
+
+The database is the source of truth and messages are hints; this pass makes the system
+converge whatever was lost (a flushed broker, a killed worker, a restarted process):
+
+1. step runs past their deadline are re-sent (the workers are idempotent per step run);
+2. running cases with no step in flight are advanced;
+3. GPUs booked by a case that is not running are released, with a history entry;
+4. waiting cases are given free GPUs, even if the release event that should have woken
+   them was lost.
+
+It runs periodically (``conductor.reconcile_interval_sec``) and at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from cases.models import ACTIVE_STEP_STATUSES, Case, WorkflowStep
+from conductor import state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    redriven: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    advanced: list[str] = field(default_factory=list)
+    gpus_repaired: int = 0
+    waiting_started: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.redriven or self.failed or self.advanced or self.gpus_repaired) or bool(
+            self.waiting_started
+        )
+
+    def summary(self) -> str:
+        return (
+            f"re-driven {len(self.redriven)}, failed {len(self.failed)}, "
+            f"advanced {len(self.advanced)}, GPUs repaired {self.gpus_repaired}, "
+            f"waiting cases started {self.waiting_started}"
+        )
+
+
+def overdue_step_runs():
+    return WorkflowStep.objects.filter(
+        status__in=ACTIVE_STEP_STATUSES, deadline__lt=timezone.now()
+    ).select_related("case")
+
+
+def stalled_cases():
+    """NEW or PROCESSING cases with no step in flight: nothing will move them but us."""
+    in_flight = WorkflowStep.objects.filter(case=OuterRef("pk"), status__in=ACTIVE_STEP_STATUSES)
+    return Case.objects.filter(status__in=[Case.Status.NEW, Case.Status.PROCESSING]).exclude(
+        Exists(in_flight)
+    )
+
+
+def reconcile() -> ReconcileReport:
+    report = ReconcileReport()
+    for run in overdue_step_runs():
+        outcome = state.step_run_redrive(step_run_id=run.pk)
+        if outcome == "redriven":
+            report.redriven.append(str(run))
+        elif outcome == "failed":
+            report.failed.append(str(run))
+    for case in stalled_cases():
+        state.advance_workflow(case.pk, skip_locked=True)
+        report.advanced.append(case.case_id)
+    report.gpus_repaired = state.gpu_repair_bookings()
+    report.waiting_started = state.advance_waiting_cases()
+    if report:
+        log.warning("reconcile: %s", report.summary())
+    return report
