@@ -137,7 +137,7 @@ class WorkflowStep(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.case_id}:{self.name}#{self.attempt}"
+        return f"{self.case.case_id}:{self.name}#{self.attempt}"
 
     @property
     def is_active(self) -> bool:
@@ -170,4 +170,4 @@ class CaseEvent(models.Model):
         ordering = ["case", "id"]
 
     def __str__(self) -> str:
-        return f"{self.case_id} {self.kind}"
+        return f"{self.case.case_id} {self.kind}"

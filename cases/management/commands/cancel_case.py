@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from cases.models import Case
+from conductor.state import CaseStateError, case_cancel
+
+
+class Command(BaseCommand):
+    help = "Cancel cases: kill their remote process group, release their GPU, mark CANCELLED."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("case_ids", nargs="+")
+        parser.add_argument("--dry-run", action="store_true", help="show, change nothing")
+
+    def handle(self, *args, case_ids: list[str], dry_run: bool, **opts) -> None:
+        cases = {case.case_id: case for case in Case.objects.filter(case_id__in=case_ids)}
+        refused = 0
+        for case_id in case_ids:
+            case = cases.get(case_id)
+            if case is None:
+                self.stderr.write(f"{case_id}: no such case")
+                refused += 1
+                continue
+            if dry_run:
+                self.stdout.write(f"would cancel {case_id} ({case.status}, {case.workflow_step})")
+                continue
+            try:
+                case_cancel(case_pk=case.pk, actor="cancel_case")
+            except CaseStateError as exc:
+                self.stderr.write(f"{case_id}: {exc}")
+                refused += 1
+                continue
+            self.stdout.write(self.style.SUCCESS(f"cancelled {case_id}"))
+        if refused:
+            raise CommandError(f"{refused} of {len(case_ids)} case(s) not cancelled")

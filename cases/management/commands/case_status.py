@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Count
+
+from cases.models import Case
+
+
+def _time(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+class Command(BaseCommand):
+    help = "One case's timeline (step runs and events), or a summary of all cases."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("case_id", nargs="?")
+        parser.add_argument("--limit", type=int, default=20, help="active/failed cases listed")
+
+    def handle(self, *args, case_id: str | None, limit: int, **opts) -> None:
+        if case_id:
+            self._one(case_id)
+        else:
+            self._summary(limit)
+
+    def _one(self, case_id: str) -> None:
+        case = Case.objects.filter(case_id=case_id).select_related("reserved_gpu").first()
+        if case is None:
+            raise CommandError(f"no case {case_id!r}")
+        gpu = getattr(case, "reserved_gpu", None)
+        out = self.stdout.write
+        out(f"case      {case.case_id}")
+        out(f"status    {case.status}  {case.progress}%  step {case.workflow_step or '-'}")
+        out(f"workflow  {case.workflow}   host {case.host or '-'}   GPU {gpu or '-'}")
+        out(f"folder    {case.source_path}")
+        if case.error_message:
+            out(f"error     [{case.error_kind}] {case.error_message}")
+        out("")
+        out(
+            f"{'step':<20} {'try':>3} {'status':<10} {'gpu':<10} {'started':<19} "
+            f"{'finished':<19} exit"
+        )
+        for run in case.steps.select_related("gpu").order_by("pk"):
+            out(
+                f"{run.name:<20} {run.attempt:>3} {run.status:<10} {run.gpu or '-'!s:<10} "
+                f"{_time(run.started_at or run.dispatched_at):<19} {_time(run.finished_at):<19} "
+                f"{'-' if run.exit_code is None else run.exit_code}"
+            )
+            if run.error_message:
+                out(f"{'':<24}[{run.error_kind}] {run.error_message}")
+        out("")
+        for event in case.events.order_by("pk"):
+            actor = f" ({event.actor})" if event.actor else ""
+            out(f"{_time(event.created_at)}  {event.kind:<16} {event.message}{actor}")
+
+    def _summary(self, limit: int) -> None:
+        counts = dict(Case.objects.values_list("status").annotate(n=Count("pk")))
+        out = self.stdout.write
+        out("  ".join(f"{status}: {counts.get(status, 0)}" for status in Case.Status.values))
+        active = (
+            Case.objects.filter(status__in=Case.ACTIVE)
+            .select_related("reserved_gpu")
+            .order_by("-priority", "created_at")[:limit]
+        )
+        if active:
+            out("\nactive:")
+            for case in active:
+                gpu = getattr(case, "reserved_gpu", None)
+                out(
+                    f"  {case.case_id:<40} {case.status:<16} {case.progress:>3}% "
+                    f"{case.workflow_step:<20} {gpu or '-'}"
+                )
+        failed = Case.objects.filter(status=Case.Status.FAILED).order_by("-finished_at")[:limit]
+        if failed:
+            out("\nlatest failures:")
+            for case in failed:
+                out(f"  {case.case_id:<40} {_time(case.finished_at)} {case.error_message[:80]}")
