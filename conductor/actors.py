@@ -14,7 +14,7 @@ from typing import Any
 
 import dramatiq
 
-from conductor import notifications, state
+from conductor import notifications, reconcile, state
 from mqi_site.messaging import CONDUCTOR, NOTIFIER, QUEUES, Command
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ def _step_failed(command: str, payload: dict[str, Any]) -> None:
     state.step_run_failed(step_run_id=step_run_id, command=command, outcome=payload)
 
 
+def _reconcile(command: str, payload: dict[str, Any]) -> None:
+    reconcile.reconcile(startup=bool(payload.get("startup")))
+
+
 HANDLERS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     Command.NEW_CASE_FOUND: _new_case_found,
     Command.CASE_UPLOAD_COMPLETED: _step_succeeded,
@@ -57,6 +61,7 @@ HANDLERS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     Command.RESULTS_DOWNLOAD_COMPLETED: _step_succeeded,
     Command.EXECUTION_FAILED: _step_failed,
     Command.FILE_TRANSFER_FAILED: _step_failed,
+    Command.RECONCILE: _reconcile,
 }
 
 

@@ -10,6 +10,7 @@ converge whatever was lost (a flushed broker, a killed worker, a restarted proce
    them was lost.
 
 It runs periodically (``conductor.reconcile_interval_sec``) and at start-up.
+
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ class ReconcileReport:
         )
 
 
-def overdue_step_runs():
-    return WorkflowStep.objects.filter(
-        status__in=ACTIVE_STEP_STATUSES, deadline__lt=timezone.now()
-    ).select_related("case")
+def overdue_step_runs(*, everything: bool = False):
+    runs = WorkflowStep.objects.filter(status__in=ACTIVE_STEP_STATUSES)
+    if not everything:
+        runs = runs.filter(deadline__lt=timezone.now())
+    return runs.select_related("case")
 
 
 def stalled_cases():
@@ -61,10 +63,12 @@ def stalled_cases():
     )
 
 
-def reconcile() -> ReconcileReport:
+def reconcile(*, startup: bool = False) -> ReconcileReport:
+    """One pass.  ``startup`` re-drives every step run in flight at once, not only the
+    overdue ones: after a restart on the in-memory broker, every message is gone."""
     report = ReconcileReport()
-    for run in overdue_step_runs():
-        outcome = state.step_run_redrive(step_run_id=run.pk)
+    for run in overdue_step_runs(everything=startup):
+        outcome = state.step_run_redrive(step_run_id=run.pk, force=startup)
         if outcome == "redriven":
             report.redriven.append(str(run))
         elif outcome == "failed":

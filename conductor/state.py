@@ -133,7 +133,7 @@ def step_run_failed(*, step_run_id: int, command: str, outcome: dict[str, Any]) 
     return True
 
 
-def step_run_redrive(*, step_run_id: int) -> str:
+def step_run_redrive(*, step_run_id: int, force: bool = False) -> str:
     """Re-send the command of a step run past its deadline (lost message, dead worker).
 
     Workers are idempotent for a given step run (the executor re-attaches to a command that
@@ -147,11 +147,12 @@ def step_run_redrive(*, step_run_id: int) -> str:
         case = _lock_case(case_pk)
         run = WorkflowStep.objects.select_for_update().get(pk=step_run_id)
         now = timezone.now()
-        if not run.is_active or case.status != Case.Status.PROCESSING or run.deadline > now:
+        overdue = force or run.deadline is None or run.deadline <= now
+        if not run.is_active or case.status != Case.Status.PROCESSING or not overdue:
             return "skipped"
         silent_for = now - (run.heartbeat_at or run.dispatched_at or run.created_at)
         redrives = CaseEvent.objects.filter(step_run=run, kind="redriven").count()
-        if redrives >= MAX_REDRIVES:
+        if redrives >= MAX_REDRIVES and not force:
             reason = (
                 f"no word from the worker for {int(silent_for.total_seconds())} s "
                 f"after {redrives} re-sends"

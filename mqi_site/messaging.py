@@ -19,6 +19,7 @@ CONDUCTOR = "conductor"
 REMOTE_EXECUTOR = "remote_executor"
 FILE_TRANSFER = "file_transfer"
 SCANNER = "case_scanner"
+GPU_DISCOVERY = "gpu_discovery"
 NOTIFIER = "notifier"
 
 QUEUES = {
@@ -26,6 +27,7 @@ QUEUES = {
     REMOTE_EXECUTOR: "remote_executor_queue",
     FILE_TRANSFER: "file_transfer_queue",
     SCANNER: "scanner_queue",
+    GPU_DISCOVERY: "scanner_queue",
     NOTIFIER: "notifications_queue",
 }
 
@@ -40,6 +42,10 @@ class Command:
     EXECUTION_FAILED = "execution_failed"
     RESULTS_DOWNLOAD_COMPLETED = "results_download_completed"
     FILE_TRANSFER_FAILED = "file_transfer_failed"
+    RECONCILE = "reconcile"  # periodic trigger
+    # -> case_scanner / gpu_discovery (periodic triggers and file events)
+    SCAN = "scan"
+    SYNC_GPUS = "sync_gpus"
     # -> file_transfer
     UPLOAD_CASE = "upload_case"
     DOWNLOAD_RESULTS = "download_results"
@@ -49,18 +55,6 @@ class Command:
     CANCEL_COMMAND = "cancel_command"
     # -> notifier
     NOTIFY = "notify"
-
-
-CONDUCTOR_COMMANDS = frozenset(
-    {
-        Command.NEW_CASE_FOUND,
-        Command.CASE_UPLOAD_COMPLETED,
-        Command.EXECUTION_SUCCEEDED,
-        Command.EXECUTION_FAILED,
-        Command.RESULTS_DOWNLOAD_COMPLETED,
-        Command.FILE_TRANSFER_FAILED,
-    }
-)
 
 
 @dataclass(frozen=True)

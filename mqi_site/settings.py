@@ -123,6 +123,7 @@ DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
     "dramatiq.middleware.CurrentMessage",
+    "mqi_site.logcontext.CaseLogContext",
 ]
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -142,10 +143,13 @@ DRAMATIQ_AUTODISCOVER_MODULES = ("actors",)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"case": {"()": "mqi_site.logcontext.CaseContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(case_context)s: %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["case"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("MQI_LOG_LEVEL", "INFO")},
     "loggers": {
         "paramiko": {"level": "WARNING"},
