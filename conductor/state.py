@@ -483,15 +483,14 @@ def _dispatch(
 def _render(case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config) -> str:
     if spec.type != "execute":
         return ""
-    paths = config.conductor.remote_paths
     return workflow.render_command(
         config.remote_commands[spec.name],
         {
             "case_id": case.case_id,
             "gpu_id": gpu.index if gpu is not None else "",
             "gpu_uuid": gpu.uuid if gpu is not None else "",
-            "case_dir": workflow.remote_case_dir(paths.upload_dir, case.case_id),
-            "output_dir": workflow.remote_output_dir(paths.download_dir, case.case_id),
+            "case_dir": config.remote_case_dir(case.case_id),
+            "output_dir": config.remote_output_dir(case.case_id),
             "host": case.host,
             "step": spec.name,
         },

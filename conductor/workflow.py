@@ -1,11 +1,10 @@
-"""Pure decisions about a workflow: which step comes next, what a step's progress spans,
-whether it needs a GPU, and how its command is rendered.  Nothing here touches the ORM."""
+"""Pure decisions about a workflow: which step comes next, whether it needs a GPU, and how
+its command is rendered.  Nothing here touches the ORM."""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
 
 from mqi_site.config import StepSpec, template_placeholders
 
@@ -30,22 +29,8 @@ def step_named(steps: Sequence[StepSpec], name: str) -> StepSpec:
     raise ValueError(name)
 
 
-def progress_span(steps: Sequence[StepSpec], name: str) -> tuple[int, int]:
-    """The case progress a step covers: from its own value to the next step's (or 100)."""
-    following = next_step(steps, name)
-    return step_named(steps, name).progress, following.progress if following else 100
-
-
 def needs_gpu(spec: StepSpec, gpu_policy: str) -> bool:
     return gpu_policy == "every_step" or spec.type == "execute"
-
-
-def remote_case_dir(upload_dir: str, case_id: str) -> str:
-    return str(PurePosixPath(upload_dir) / case_id)
-
-
-def remote_output_dir(download_dir: str, case_id: str) -> str:
-    return str(PurePosixPath(download_dir) / case_id)
 
 
 def render_command(template: str, values: Mapping[str, object]) -> str:

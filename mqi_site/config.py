@@ -179,6 +179,25 @@ class Config(_Section):
     def default_host(self) -> str:
         return next(iter(self.hosts))
 
+    def progress_span(self, workflow: str, name: str) -> tuple[int, int]:
+        """The case progress a step covers: from its own value to the next step's (or 100)."""
+        steps = self.workflows[workflow]
+        names = [spec.name for spec in steps]
+        position = names.index(name)
+        end = steps[position + 1].progress if position + 1 < len(steps) else 100
+        return steps[position].progress, end
+
+    def remote_case_dir(self, case_id: str) -> str:
+        """The case's folder on the GPU server (the upload target, the commands' cwd)."""
+        return str(PurePosixPath(self.conductor.remote_paths.upload_dir) / case_id)
+
+    def remote_output_dir(self, case_id: str) -> str:
+        """Where the case's results are written on the GPU server (the download source)."""
+        return str(PurePosixPath(self.conductor.remote_paths.download_dir) / case_id)
+
+    def local_results_dir(self, case_id: str) -> Path:
+        return Path(self.results.local_dir) / case_id
+
 
 def _format_location(loc: tuple[Any, ...]) -> str:
     key = ""

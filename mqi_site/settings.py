@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_dramatiq",
+    "mqi_site",
     "cases",
     "gpus",
     "conductor",
@@ -57,7 +58,7 @@ WSGI_APPLICATION = "mqi_site.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "mqi_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

@@ -1,0 +1,134 @@
+"""GPU discovery: bring the ``GPUResource`` rows in line with what each host reports.
+
+Only the inventory and the readings change here.  Status changes are compare-and-swap
+updates that never touch a reserved GPU: a GPU that vanishes goes OFFLINE only if it is
+free (a reserved one stays with its case), and one that comes back becomes AVAILABLE.
+When a GPU became usable the conductor is asked to reconcile, which starts waiting cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db.models import Q
+from django.utils import timezone
+
+from gpus.models import GPUResource
+from mqi_site.config import Config, HostSpec
+from mqi_site.messaging import CONDUCTOR, Command, send
+from workers.gpu_discovery.nvidia_smi import (
+    COMPUTE_APPS_QUERY,
+    GPU_QUERY,
+    ComputeApp,
+    GPUInfo,
+    parse_compute_apps,
+    parse_gpus,
+)
+from workers.hosts import transport_for
+from workers.transports import TransportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostSync:
+    host: str
+    seen: int = 0
+    added: int = 0
+    offline: int = 0
+    back: int = 0
+    foreign_busy: list[int] = field(default_factory=list)
+    error: str = ""
+
+
+def _discover(name: str, spec: HostSpec) -> tuple[list[GPUInfo], list[ComputeApp]]:
+    if spec.gpu_discovery == "static":
+        gpus = [
+            GPUInfo(
+                index=gpu.index,
+                uuid=gpu.uuid or f"static-{name}-{gpu.index}",
+                name=gpu.name,
+                memory_used_mib=None,
+                memory_total_mib=gpu.memory_total_mib or None,
+                utilization_pct=None,
+                temperature_c=None,
+            )
+            for gpu in spec.static_gpus
+        ]
+        return gpus, []
+    transport = transport_for(name)
+    listed = transport.run(f"{spec.nvidia_smi} {GPU_QUERY}", timeout=30)
+    if listed.exit_code != 0:
+        raise TransportError(
+            f"nvidia-smi on {name} exited with {listed.exit_code}: {listed.stderr.strip()[:200]}",
+            permanent=False,
+        )
+    apps = transport.run(f"{spec.nvidia_smi} {COMPUTE_APPS_QUERY}", timeout=30)
+    return parse_gpus(listed.stdout), parse_compute_apps(apps.stdout) if apps.exit_code == 0 else []
+
+
+def sync_host(name: str, spec: HostSpec) -> HostSync:
+    report = HostSync(name)
+    try:
+        found, apps = _discover(name, spec)
+    except (TransportError, ValueError) as exc:
+        report.error = str(exc)
+        log.warning("GPU discovery on %s failed: %s (GPUs left as they were)", name, exc)
+        return report
+    now = timezone.now()
+    busy_by_uuid: dict[str, int] = {}
+    for app in apps:
+        busy_by_uuid[app.gpu_uuid] = busy_by_uuid.get(app.gpu_uuid, 0) + 1
+    for info in found:
+        gpu, created = GPUResource.objects.get_or_create(host=name, index=info.index)
+        report.added += created
+        report.seen += 1
+        # Processes on a GPU we have not reserved were not started by us.
+        foreign = busy_by_uuid.get(info.uuid, 0)
+        GPUResource.objects.filter(pk=gpu.pk).update(
+            uuid=info.uuid,
+            name=info.name,
+            memory_used_mib=info.memory_used_mib,
+            memory_total_mib=info.memory_total_mib,
+            utilization_pct=info.utilization_pct,
+            temperature_c=info.temperature_c,
+            last_seen=now,
+        )
+        GPUResource.objects.filter(pk=gpu.pk).exclude(status=GPUResource.Status.RESERVED).update(
+            foreign_processes=foreign
+        )
+        if foreign and gpu.status != GPUResource.Status.RESERVED:
+            report.foreign_busy.append(info.index)
+        report.back += GPUResource.objects.filter(
+            pk=gpu.pk, status=GPUResource.Status.OFFLINE
+        ).update(status=GPUResource.Status.AVAILABLE)
+    vanished = GPUResource.objects.filter(host=name).exclude(index__in=[g.index for g in found])
+    report.offline = vanished.filter(status=GPUResource.Status.AVAILABLE).update(
+        status=GPUResource.Status.OFFLINE
+    )
+    for gpu in vanished.filter(status=GPUResource.Status.RESERVED):
+        log.warning("GPU %s vanished from nvidia-smi while case %s holds it", gpu, gpu.reserved_by_id)
+    return report
+
+
+def sync_gpus(config: Config) -> list[HostSync]:
+    reports = [sync_host(name, spec) for name, spec in config.hosts.items()]
+    usable = any(r.added or r.back for r in reports) or GPUResource.objects.filter(
+        Q(status=GPUResource.Status.AVAILABLE, foreign_processes=0)
+    ).exists()
+    if usable:
+        # New or returning GPUs (or ones a foreign process left): start waiting cases.
+        send(CONDUCTOR, Command.RECONCILE, {})
+    for report in reports:
+        log.info(
+            "GPU discovery on %s: %d seen, %d new, %d back, %d offline, foreign busy %s%s",
+            report.host,
+            report.seen,
+            report.added,
+            report.back,
+            report.offline,
+            report.foreign_busy or "none",
+            f", error: {report.error}" if report.error else "",
+        )
+    return reports

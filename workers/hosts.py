@@ -1,0 +1,53 @@
+"""The transport for a host named in config.yaml.
+
+SSH connections are cached per host per worker thread inside the ssh transport; this
+module only maps a host's configuration to its transport.  The local transport runs the
+configured commands with ``MQI_PROJECT_DIR`` set to this project and the interpreter that
+runs MQI Communicator first on ``PATH`` (so ``python`` in a template is that interpreter).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+
+from mqi_site.config import HostSpec, get_config
+from workers.transports import LocalTransport, SSHTarget, SSHTransport, Transport
+
+
+def ssh_target(name: str, spec: HostSpec) -> SSHTarget:
+    return SSHTarget(
+        name=name,
+        hostname=spec.hostname,
+        port=spec.port,
+        username=spec.username,
+        key_file=spec.key_file,
+        known_hosts_file=spec.known_hosts_file,
+        connect_timeout_sec=spec.connect_timeout_sec,
+        keepalive_sec=spec.keepalive_sec,
+    )
+
+
+def local_environment() -> dict[str, str]:
+    interpreter_dir = str(Path(sys.executable).parent)
+    return {
+        "MQI_PROJECT_DIR": str(settings.BASE_DIR),
+        "PATH": os.pathsep.join([interpreter_dir, os.environ.get("PATH", "/usr/bin:/bin")]),
+    }
+
+
+@cache
+def _transport(name: str, config_source: str) -> Transport:
+    spec = get_config().hosts[name]
+    if spec.transport == "local":
+        return LocalTransport(env=local_environment())
+    return SSHTransport(ssh_target(name, spec))
+
+
+def transport_for(name: str) -> Transport:
+    """The transport for host ``name`` of the active configuration."""
+    return _transport(name, get_config().source)

@@ -1,0 +1,100 @@
+"""One scan of the watched directory: report every complete, not yet known case folder.
+
+Known case ids come from the database, so a folder is reported once across restarts and
+repeated file events; the conductor's ``get_or_create`` absorbs the rare duplicate
+message (two scans racing before the first registration commits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cases.models import Case
+from mqi_site.config import Config
+from mqi_site.messaging import CONDUCTOR, Command, send
+from workers.scanner.folder import FolderState, inspect_case_folder, iter_candidate_folders
+
+log = logging.getLogger(__name__)
+
+CASE_ID_MAX = 200  # characters; Case.case_id holds 255
+
+
+@dataclass
+class ScanResult:
+    reported: list[str] = field(default_factory=list)  # every new case sent, valid or not
+    invalid: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def case_id_for(folder_name: str) -> str:
+    """The case id for a folder: its name, shortened with a hash suffix when very long."""
+    if len(folder_name) <= CASE_ID_MAX:
+        return folder_name
+    digest = hashlib.sha256(folder_name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{folder_name[: CASE_ID_MAX - 14]}~{digest}"
+
+
+def _storable(case_id: str) -> str:
+    # Folder names are bytes; one that is not valid UTF-8 is still reported, escaped.
+    return case_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
+    """Scan every folder (or just ``folders``) and send ``new_case_found`` for new ones."""
+    started = time.perf_counter()
+    scanner = config.scanner
+    watch_dir = Path(scanner.watch_dir)
+    result = ScanResult()
+    if not watch_dir.is_dir():
+        log.warning("scanner: watch directory %s does not exist", watch_dir)
+        return result
+    known = set(Case.objects.values_list("case_id", flat=True))
+    if folders is None:
+        candidates = iter_candidate_folders(watch_dir)
+    else:
+        names = {name for name in folders if name not in (".", "..") and "/" not in name}
+        candidates = (watch_dir / name for name in sorted(names) if (watch_dir / name).is_dir())
+    now = time.time()
+    for path in candidates:
+        case_id = _storable(case_id_for(path.name))
+        if case_id in known:
+            continue
+        verdict = inspect_case_folder(
+            path,
+            ready_marker=scanner.ready_marker,
+            quiet_period_sec=scanner.quiet_period_sec,
+            rtplan_globs=scanner.rtplan_globs,
+            log_patterns=scanner.log_patterns,
+            now=now,
+        )
+        if verdict.state == FolderState.INCOMPLETE:
+            result.incomplete.append(case_id)
+            continue
+        problems = list(verdict.reasons) if verdict.state == FolderState.READY_INVALID else []
+        send(
+            CONDUCTOR,
+            Command.NEW_CASE_FOUND,
+            {
+                "case_id": case_id,
+                "source_path": str(path),
+                "workflow": scanner.workflow,
+                "problems": problems,
+            },
+        )
+        result.reported.append(case_id)
+        if problems:
+            result.invalid.append(case_id)
+    result.seconds = time.perf_counter() - started
+    if result.reported:
+        log.info(
+            "scanner: reported %d case(s) (%d invalid) in %.3f s",
+            len(result.reported),
+            len(result.invalid),
+            result.seconds,
+        )
+    return result
