@@ -51,3 +51,10 @@ def _transport(name: str, config_source: str) -> Transport:
 def transport_for(name: str) -> Transport:
     """The transport for host ``name`` of the active configuration."""
     return _transport(name, get_config().source)
+
+
+def ensure_remote_dir(transport: Transport, path: str) -> None:
+    """``mkdir -p`` through the transport's one-level ``mkdir``."""
+    parts = path.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        transport.mkdir("/" + "/".join(parts[:depth]))

@@ -1,0 +1,296 @@
+"""The remote executor: start a step's command detached on the case's GPU server, follow it
+with short poll messages, and report the outcome to the conductor.
+
+A long simulation never pins a worker thread: ``execute_command`` starts the command and
+returns; ``poll_command`` messages, re-sent with a delay, read its progress and exit code
+from files in the remote run folder.  The run folder is created atomically before the
+start (see :mod:`workers.transports.detached`), so a duplicate or re-driven
+``execute_command`` re-attaches instead of starting the command again, and a dropped SSH
+connection only delays the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from cases.models import WorkflowStep
+from cases.services import step_run_heartbeat, step_run_mark_running
+from mqi_site.config import Config, StepSpec, get_config
+from mqi_site.messaging import CONDUCTOR, REMOTE_EXECUTOR, Command, ErrorKind, send
+from workers.hosts import ensure_remote_dir, local_environment, transport_for
+from workers.transports import Transport, TransportError
+from workers.transports.detached import (
+    RunState,
+    RunStatus,
+    kill_group,
+    poll,
+    read_new_output,
+    start_detached,
+)
+
+log = logging.getLogger(__name__)
+
+# Polls start fast (a short command is noticed within ~50 ms) and slow down to one every
+# few seconds for long simulations.
+FIRST_POLL_MS = 25
+MAX_POLL_MS = 3000
+# Each poll pushes the step run's deadline this far; past it the reconciler re-drives.
+HEARTBEAT_SEC = 120
+# Consecutive polls that could not reach the host before the step counts as failed
+# (transiently: the conductor's retry budget decides what happens next).
+MAX_UNREACHABLE_POLLS = 100
+TAIL_BYTES = 4000
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """Everything the executor needs about one step run, read from the database."""
+
+    id: int
+    case_id: str
+    step: StepSpec
+    span: tuple[int, int]
+    command: str
+    host: str
+    gpu_index: int | None
+    case_dir: str
+    output_dir: str
+    started_at: Any
+
+    @property
+    def run_dir(self) -> str:
+        return remote_run_dir(self.case_dir, self.step.name, self.id)
+
+
+def remote_run_dir(case_dir: str, step_name: str, step_run_id: int) -> str:
+    """Where one step run's command, output and exit code live on the GPU server."""
+    return posixpath.join(case_dir, ".mqi", "runs", f"{step_name}-{step_run_id}")
+
+
+def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
+    run = (
+        WorkflowStep.objects.select_related("case", "gpu")
+        .filter(pk=step_run_id, status__in=WorkflowStep.ACTIVE)
+        .first()
+    )
+    if run is None:
+        return None
+    case = run.case
+    return StepRun(
+        id=run.pk,
+        case_id=case.case_id,
+        step=config.step(case.workflow, run.name),
+        span=config.progress_span(case.workflow, run.name),
+        command=run.command,
+        host=run.host,
+        gpu_index=run.gpu.index if run.gpu else None,
+        case_dir=config.remote_case_dir(case.case_id),
+        output_dir=config.remote_output_dir(case.case_id),
+        started_at=run.started_at,
+    )
+
+
+def handle(command: str, payload: dict[str, Any]) -> None:
+    handlers = {
+        Command.EXECUTE_COMMAND: execute,
+        Command.POLL_COMMAND: follow,
+        Command.CANCEL_COMMAND: cancel,
+    }
+    handlers[command](payload)
+
+
+def _report(run: StepRun, command: str, **outcome: Any) -> None:
+    send(CONDUCTOR, command, {"case_id": run.case_id, "step_run_id": run.id, **outcome})
+
+
+def _fail(run: StepRun, kind: str, message: str, status: RunStatus | None = None) -> None:
+    log.warning("%s failed (%s): %s", run.step.name, kind, message)
+    tails = {}
+    if status is not None:
+        tails = {
+            "exit_code": status.exit_code,
+            "stdout_tail": status.stdout_tail[-TAIL_BYTES:],
+            "stderr_tail": status.stderr_tail[-TAIL_BYTES:],
+        }
+    _report(run, Command.EXECUTION_FAILED, error_kind=kind, error_message=message, **tails)
+
+
+def _poll_again(run: StepRun, *, offset: int, polls: int, unreachable: int) -> None:
+    delay = min(MAX_POLL_MS, FIRST_POLL_MS * 2**polls)
+    payload = {
+        "case_id": run.case_id,
+        "step_run_id": run.id,
+        "offset": offset,
+        "polls": polls + 1,
+        "unreachable": unreachable,
+    }
+    send(REMOTE_EXECUTOR, Command.POLL_COMMAND, payload, delay_ms=delay)
+
+
+def _environment(run: StepRun, transport_is_local: bool) -> dict[str, str]:
+    env = {"MQI_CASE_ID": run.case_id, "MQI_STEP": run.step.name, "MQI_STEP_RUN": str(run.id)}
+    if run.gpu_index is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(run.gpu_index)
+    if transport_is_local:
+        env.update(local_environment())
+    return env
+
+
+def execute(payload: dict[str, Any]) -> None:
+    """Start the step's command, or re-attach to it if it was started before."""
+    config = get_config()
+    run = load_step_run(payload["step_run_id"], config)
+    if run is None:
+        return  # cancelled or superseded: nothing to start
+    spec = config.hosts[run.host]
+    transport = transport_for(run.host)
+    try:
+        if transport.stat(run.case_dir) is None:
+            _fail(
+                run,
+                ErrorKind.PERMANENT,
+                f"the case folder {run.case_dir} is missing on {run.host}; "
+                "re-run the case from the start to upload it again",
+            )
+            return
+        ensure_remote_dir(transport, run.output_dir)
+        started = start_detached(
+            transport,
+            run.run_dir,
+            cwd=run.case_dir,
+            command=run.command,
+            env=_environment(run, spec.transport == "local"),
+        )
+    except TransportError as exc:
+        _fail(run, ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT, str(exc))
+        return
+    log.info("%s %s on %s", run.step.name, "started" if started else "re-attached", run.host)
+    if not step_run_mark_running(step_run_id=run.id, deadline_sec=HEARTBEAT_SEC):
+        # Cancelled between our look and the start: the cancel found nothing to kill.
+        kill_group(transport, run.run_dir)
+        return
+    _poll_again(run, offset=int(payload.get("offset", 0)), polls=0, unreachable=0)
+
+
+def _progress(run: StepRun, lines: list[str]) -> int | None:
+    if not run.step.progress_pattern:
+        return None
+    pattern = re.compile(run.step.progress_pattern)
+    for line in reversed(lines):
+        match = pattern.search(line)
+        if match and int(match["total"]) > 0:
+            fraction = min(1.0, int(match["done"]) / int(match["total"]))
+            low, high = run.span
+            return int(low + (high - low) * fraction)
+    return None
+
+
+def follow(payload: dict[str, Any]) -> None:
+    """One look at a running command: progress, timeout, and its end."""
+    config = get_config()
+    run = load_step_run(payload["step_run_id"], config)
+    if run is None:
+        return  # cancelled (the cancel message kills it) or already reported
+    transport = transport_for(run.host)
+    offset = int(payload.get("offset", 0))
+    polls = int(payload.get("polls", 0))
+    unreachable = int(payload.get("unreachable", 0))
+    try:
+        status = poll(transport, run.run_dir, tail_bytes=TAIL_BYTES)
+        chunk = (
+            read_new_output(transport, run.run_dir, offset) if run.step.progress_pattern else None
+        )
+    except TransportError as exc:
+        if exc.permanent or unreachable + 1 >= MAX_UNREACHABLE_POLLS:
+            kind = ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT
+            _fail(run, kind, f"lost track of the command: {exc}")
+            return
+        log.warning("%s: cannot reach %s (%s); will look again", run.step.name, run.host, exc)
+        step_run_heartbeat(step_run_id=run.id, deadline_sec=HEARTBEAT_SEC)
+        _poll_again(run, offset=offset, polls=polls, unreachable=unreachable + 1)
+        return
+    progress = None
+    if chunk is not None:
+        offset = chunk.next_offset
+        progress = _progress(run, chunk.lines)
+    if not step_run_heartbeat(
+        step_run_id=run.id, deadline_sec=HEARTBEAT_SEC, case_progress=progress
+    ):
+        return  # cancelled while we looked
+    if status.state == RunState.RUNNING:
+        if _timed_out(run):
+            _timeout(run, transport)
+        else:
+            _poll_again(run, offset=offset, polls=polls, unreachable=0)
+    elif status.state == RunState.EXITED and status.exit_code == 0:
+        _report(
+            run,
+            Command.EXECUTION_SUCCEEDED,
+            exit_code=0,
+            stdout_tail=status.stdout_tail[-TAIL_BYTES:],
+            stderr_tail=status.stderr_tail[-TAIL_BYTES:],
+        )
+    elif status.state == RunState.EXITED:
+        _fail(run, ErrorKind.PERMANENT, _exit_reason(run, status), status)
+    elif status.state == RunState.VANISHED:
+        _fail(
+            run,
+            ErrorKind.TRANSIENT,
+            "the command disappeared without an exit code (killed, or the host restarted)",
+            status,
+        )
+    else:  # MISSING: the start never happened (e.g. its folder was removed)
+        _fail(run, ErrorKind.TRANSIENT, f"no trace of the command in {run.run_dir}")
+
+
+def _timed_out(run: StepRun) -> bool:
+    return (
+        run.started_at is not None
+        and (timezone.now() - run.started_at).total_seconds() > run.step.timeout_sec
+    )
+
+
+def _timeout(run: StepRun, transport: Transport) -> None:
+    try:
+        kill_group(transport, run.run_dir)
+    except TransportError as exc:
+        log.warning("%s: timeout kill failed (%s); will try again", run.step.name, exc)
+        _poll_again(run, offset=0, polls=10, unreachable=0)
+        return
+    status = poll(transport, run.run_dir, tail_bytes=TAIL_BYTES)
+    _fail(
+        run,
+        ErrorKind.TIMEOUT,
+        f"ran longer than its timeout of {run.step.timeout_sec:g} s; its process group was killed",
+        status,
+    )
+
+
+def _exit_reason(run: StepRun, status: RunStatus) -> str:
+    output = status.stderr_tail.strip() or status.stdout_tail.strip()
+    last = output.splitlines()[-1:] if output else []
+    detail = f": {last[0][:300]}" if last else ""
+    return f"{run.step.name} exited with code {status.exit_code}{detail}"
+
+
+def cancel(payload: dict[str, Any]) -> None:
+    """Kill the step run's process group (the conductor already marked the case)."""
+    row = WorkflowStep.objects.select_related("case").filter(pk=payload["step_run_id"]).first()
+    if row is None or row.status != WorkflowStep.Status.CANCELLED:
+        return
+    case_dir = get_config().remote_case_dir(row.case.case_id)
+    run_dir = remote_run_dir(case_dir, row.name, row.pk)
+    try:
+        killed = kill_group(transport_for(row.host), run_dir)
+    except TransportError as exc:
+        if exc.permanent:
+            log.error("cancel of %s could not kill %s: %s", row, run_dir, exc)
+            return
+        raise  # transient: the actor's retries try again
+    log.info("cancelled %s: %s", row, "process group killed" if killed else "nothing was running")

@@ -1,0 +1,85 @@
+"""The file transfer worker: ``upload_case`` and ``download_results``.
+
+The transfer itself (temporary names, rename into place, size and SHA-256 verified on both
+sides, resume of partial files, skip of verified ones) is :mod:`workers.transports.transfer`;
+this module picks the folders for a step run and reports the outcome.  Re-running a
+transfer for the same step run is cheap and safe, which is what lets the reconciler re-send
+one that went silent.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from cases.models import WorkflowStep
+from cases.services import step_run_heartbeat, step_run_mark_running
+from mqi_site.config import get_config
+from mqi_site.messaging import CONDUCTOR, Command, ErrorKind, send
+from workers.hosts import ensure_remote_dir, transport_for
+from workers.transports import TransportError
+from workers.transports.transfer import TransferReport, download_tree, upload_tree
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SEC = 300
+
+
+def handle(command: str, payload: dict[str, Any]) -> None:
+    row = (
+        WorkflowStep.objects.select_related("case")
+        .filter(pk=payload["step_run_id"], status__in=WorkflowStep.ACTIVE)
+        .first()
+    )
+    if row is None:
+        return  # cancelled or superseded
+    config = get_config()
+    case = row.case
+    outcome = {"case_id": case.case_id, "step_run_id": row.pk}
+    step_run_mark_running(step_run_id=row.pk, deadline_sec=HEARTBEAT_SEC)
+    transport = transport_for(row.host)
+    try:
+        if command == Command.UPLOAD_CASE:
+            report = _upload(
+                transport, Path(case.source_path), config.remote_case_dir(case.case_id)
+            )
+            done = Command.CASE_UPLOAD_COMPLETED
+        elif command == Command.DOWNLOAD_RESULTS:
+            local = config.local_results_dir(case.case_id)
+            local.mkdir(parents=True, exist_ok=True)
+            report = download_tree(transport, config.remote_output_dir(case.case_id), local)
+            done = Command.RESULTS_DOWNLOAD_COMPLETED
+        else:
+            raise ValueError(f"unknown file_transfer command {command!r}")
+    except TransportError as exc:
+        kind = ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT
+        log.warning("%s failed (%s): %s", row.name, kind, exc)
+        send(
+            CONDUCTOR,
+            Command.FILE_TRANSFER_FAILED,
+            {**outcome, "error_kind": kind, "error_message": str(exc)},
+        )
+        return
+    step_run_heartbeat(step_run_id=row.pk, deadline_sec=HEARTBEAT_SEC)
+    log.info("%s: %s", row.name, _describe(report))
+    send(CONDUCTOR, done, {**outcome, "stdout_tail": _describe(report)})
+
+
+def _upload(transport, source: Path, remote_dir: str) -> TransferReport:
+    if not source.is_dir():
+        raise TransportError(
+            f"the case folder {source} is gone from the watch directory (moved or deleted "
+            "after it was found); put it back and retry the case",
+            permanent=True,
+        )
+    ensure_remote_dir(transport, str(Path(remote_dir).parent))
+    return upload_tree(transport, source, remote_dir)
+
+
+def _describe(report: TransferReport) -> str:
+    return (
+        f"{report.files} file(s), {report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s "
+        f"({report.megabytes_per_sec:.1f} MB/s sent; skipped {report.files_skipped} verified, "
+        f"resumed {report.files_resumed})"
+    )
