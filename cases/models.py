@@ -31,13 +31,21 @@ class StepStatus(models.TextChoices):
 
 
 ACTIVE_STEP_STATUSES = (StepStatus.PENDING, StepStatus.DISPATCHED, StepStatus.RUNNING)
+ACTIVE_CASE_STATUSES = (CaseStatus.NEW, CaseStatus.PENDING_RESOURCE, CaseStatus.PROCESSING)
+
+# The admin's default order (cases still moving first, then newest); an index matches it.
+ACTIVE_FIRST = models.Case(
+    models.When(status__in=ACTIVE_CASE_STATUSES, then=models.Value(0)),
+    default=models.Value(1),
+    output_field=models.IntegerField(),
+)
 
 
 class Case(models.Model):
     Status = CaseStatus
 
     TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
-    ACTIVE = (Status.NEW, Status.PENDING_RESOURCE, Status.PROCESSING)
+    ACTIVE = ACTIVE_CASE_STATUSES
 
     case_id = models.CharField(max_length=255, unique=True, help_text="The case folder's name.")
     source_path = models.TextField(help_text="The case folder in the watched directory.")
@@ -61,6 +69,13 @@ class Case(models.Model):
             # The waiting line: PENDING_RESOURCE cases by priority, then age.
             models.Index(fields=["status", "-priority", "created_at"], name="cases_case_queue_idx"),
             models.Index(fields=["-created_at"], name="cases_case_created_idx"),
+            models.Index(
+                ACTIVE_FIRST,
+                models.F("created_at").desc(),
+                models.F("id").desc(),
+                name="cases_case_active_first_idx",
+            ),
+            models.Index(fields=["status", "-finished_at"], name="cases_case_finished_idx"),
         ]
         constraints = [
             models.CheckConstraint(

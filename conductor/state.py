@@ -276,13 +276,22 @@ def case_retry(*, case_pk: int, from_start: bool = False, actor: str = "") -> Ca
 def case_set_priority(*, case_pk: int, priority: int, actor: str = "") -> Case:
     with transaction.atomic():
         case = _lock_case(case_pk)
-        if case.is_terminal:
-            raise CaseStateError(
-                f"case {case.case_id} is {case.status}; priority no longer matters"
-            )
-        _event(case, "priority", f"priority {case.priority} -> {priority}", actor=actor)
-        case.priority = priority
-        case.save(update_fields=["priority", "updated_at"])
+        return _priority(case, priority, actor)
+
+
+def case_change_priority(*, case_pk: int, by: int, actor: str = "") -> Case:
+    """Raise (``by`` > 0) or lower the priority relative to its value under the lock."""
+    with transaction.atomic():
+        case = _lock_case(case_pk)
+        return _priority(case, case.priority + by, actor)
+
+
+def _priority(case: Case, priority: int, actor: str) -> Case:
+    if case.is_terminal:
+        raise CaseStateError(f"case {case.case_id} is {case.status}; priority no longer matters")
+    _event(case, "priority", f"priority {case.priority} -> {priority}", actor=actor)
+    case.priority = priority
+    case.save(update_fields=["priority", "updated_at"])
     return case
 
 

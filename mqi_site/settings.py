@@ -100,7 +100,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Served straight from the apps (no collectstatic for the embedded run); production
+# collects them into STATIC_ROOT and serves compressed copies (settings_production).
+WHITENOISE_USE_FINDERS = True
 LOGIN_URL = "admin:login"
 
 # --- Mail (failure notifications) --------------------------------------------------------

@@ -35,6 +35,8 @@ CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_AGE = 8 * 3600  # one working day
 CSRF_TRUSTED_ORIGINS = [o for o in (env_str("DJANGO_CSRF_TRUSTED_ORIGINS") or "").split(",") if o]
 
+STATIC_ROOT = DATA_DIR / "static"  # noqa: F405
+WHITENOISE_USE_FINDERS = False
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

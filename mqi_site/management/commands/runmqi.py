@@ -92,7 +92,6 @@ class Command(BaseCommand):
 
     def _serve(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
-        call_command("collectstatic", interactive=False, verbosity=0)
         thread = threading.Thread(
             target=serve_wsgi,
             args=(host or "127.0.0.1", int(port), get_internal_wsgi_application()),

@@ -1,0 +1,456 @@
+"""The case admin: a read-only view of every case and its history, plus operator actions.
+
+Nothing here changes a case's state by itself.  Every action (retry, re-run, cancel,
+priority) calls a function of :mod:`conductor.state`, which refuses with a
+``CaseStateError`` when it does not apply; the message is shown to the operator as is.
+Fields are never editable: a saved form would write a stale copy of the row over whatever
+the conductor did in the meantime.
+
+The list is built for large tables: one query for the page (the GPU comes with it through
+``select_related`` on the reverse one-to-one), no query per row, and no full ``COUNT(*)``
+of an unfiltered big table (see :class:`EstimatedCountPaginator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import capfirst
+
+from cases.models import ACTIVE_FIRST, Case, CaseEvent, WorkflowStep
+from conductor.state import CaseStateError, case_cancel, case_change_priority, case_retry
+from gpus.models import GPUResource
+from mqi_site.config import get_config
+
+# --- small renderers (shared with the GPU admin) --------------------------------------
+
+
+def status_badge(status: str, label: str | None = None) -> SafeString:
+    """A coloured badge; the colour comes from the CSS class ``mqi-<status>``."""
+    return format_html('<span class="mqi-badge mqi-{}">{}</span>', status.lower(), label or status)
+
+
+def progress_bar(percent: int, status: str, caption: str = "") -> SafeString:
+    percent = max(0, min(100, int(percent)))
+    return format_html(
+        '<span class="mqi-progress mqi-{}" title="{}%">'
+        '<span class="mqi-progress-fill" style="width: {}%"></span></span>'
+        ' <span class="mqi-progress-caption">{}</span>',
+        status.lower(),
+        percent,
+        percent,
+        caption or f"{percent}%",
+    )
+
+
+def format_duration(span: timedelta | None, *, coarse: bool = False) -> str:
+    """``"45 s"``, ``"12 min 03 s"``, ``"3 h 07 min"``, ``"2 d 4 h"``; ``"—"`` when unknown.
+
+    ``coarse`` drops the seconds of spans over a minute (``"12 min"``).
+    """
+    if span is None:
+        return "—"
+    seconds = max(0, int(span.total_seconds()))
+    minutes, sec = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    if days:
+        return f"{days} d {hour} h"
+    if hours:
+        return f"{hours} h {minute:02d} min"
+    if minutes:
+        return f"{minutes} min" if coarse else f"{minutes} min {sec:02d} s"
+    return f"{sec} s"
+
+
+def gpu_link(gpu: GPUResource | None) -> SafeString | str:
+    if gpu is None:
+        return "—"
+    url = reverse("admin:gpus_gpuresource_change", args=[gpu.pk])
+    return format_html('<a href="{}">{}</a>', url, str(gpu))
+
+
+def case_link(case: Case | None) -> SafeString | str:
+    if case is None:
+        return "—"
+    url = reverse("admin:cases_case_change", args=[case.pk])
+    return format_html('<a href="{}">{}</a>', url, case.case_id)
+
+
+def held_gpu(case: Case) -> GPUResource | None:
+    """The GPU a case holds, from the ``select_related`` cache (no query when prefetched)."""
+    # A missing reverse one-to-one raises RelatedObjectDoesNotExist, an AttributeError.
+    return getattr(case, "reserved_gpu", None)
+
+
+# --- operator actions: one definition serves the list and the detail page --------------
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An action an operator can take on one object.
+
+    ``run(obj, actor)`` calls the conductor and returns the success message, or raises
+    ``CaseStateError`` when the action does not apply.  ``offered(obj)`` only decides
+    whether the detail page shows the button; the conductor decides what is allowed.
+    """
+
+    name: str
+    label: str
+    run: Callable[[Any, str], str]
+    offered: Callable[[Any], bool]
+    danger: bool = False
+
+
+MAX_MESSAGES_PER_KIND = 20
+
+
+class OperatorActionsAdmin(admin.ModelAdmin):
+    """Read-only admin whose only way to change anything is its operator actions.
+
+    Subclasses list their ``operator_actions``; each becomes a list action and a POST
+    button on the detail page, and both check ``has_change_permission`` on the server.
+    """
+
+    operator_actions: Sequence[OperatorAction] = ()
+    change_form_template = "cases/admin/operator_change_form.html"
+
+    # -- read-only ---------------------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [name for _, options in self.fieldsets for name in options["fields"]]
+
+    def changeform_view(self, request: HttpRequest, object_id: str | None = None, *args, **kw):
+        if request.method == "POST":
+            # No form here saves: a stale copy must never overwrite the conductor's writes.
+            return HttpResponseNotAllowed(["GET"])
+        return super().changeform_view(request, object_id, *args, **kw)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        raise PermissionDenied("this admin is read-only; use its actions")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        title = capfirst(self.opts.verbose_name_plural)
+        return super().changelist_view(request, {"title": title, **(extra_context or {})})
+
+    # -- detail page buttons -----------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<path:object_id>/operator/<slug:action_name>/",
+                self.admin_site.admin_view(self.operator_action_view),
+                name=f"{self.opts.app_label}_{self.opts.model_name}_operator_action",
+            )
+        ]
+        return own + super().get_urls()
+
+    def operator_action_view(
+        self, request: HttpRequest, object_id: str, action_name: str
+    ) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        action = self._operator_action(action_name)
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(f"no {self.opts.verbose_name} with id {object_id!r}")
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        self.run_operator_action(request, action, [obj])
+        return redirect(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", obj.pk)
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args, **kw):
+        obj = context.get("original")
+        # A page to read, not a form to fill in: no "Change case" title, no save buttons.
+        context.update(title=capfirst(self.opts.verbose_name), show_save=False)
+        context.update(show_save_and_continue=False, show_save_and_add_another=False)
+        if obj is not None:
+            context.update(operator_buttons=self._buttons(request, obj))
+            context.update(self.detail_context(obj))
+        return super().render_change_form(request, context, *args, **kw)
+
+    def detail_context(self, obj: Any) -> dict[str, Any]:
+        """More for the detail page's template; subclasses add what they show."""
+        return {}
+
+    # -- running an action -------------------------------------------------------------
+
+    def run_operator_action(
+        self, request: HttpRequest, action: OperatorAction, objects: Iterable[Any]
+    ) -> None:
+        """Run ``action`` on each object and report each success or refusal."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied  # also a forged POST of a list action by a viewer
+        done: list[str] = []
+        refused: list[str] = []
+        for obj in objects:
+            try:
+                message = action.run(obj, request.user.get_username())
+            except CaseStateError as exc:
+                refused.append(str(exc))
+                continue
+            self.log_change(request, obj, message)
+            done.append(message)
+        _report(request, messages.SUCCESS, done)
+        _report(request, messages.ERROR, refused)
+
+    def _operator_action(self, name: str) -> OperatorAction:
+        for action in self.operator_actions:
+            if action.name == name:
+                return action
+        raise Http404(f"no action {name!r}")
+
+    def _buttons(self, request: HttpRequest, obj: Any) -> list[dict[str, Any]]:
+        if not self.has_change_permission(request, obj):
+            return []
+        name = f"admin:{self.opts.app_label}_{self.opts.model_name}_operator_action"
+        return [
+            {"action": action, "url": reverse(name, args=[obj.pk, action.name])}
+            for action in self.operator_actions
+            if action.offered(obj)
+        ]
+
+
+def list_actions(actions: Sequence[OperatorAction]) -> list[Callable[..., None]]:
+    """The admin list actions for ``actions``; Django offers them to users with change
+    permission only, and ``run_operator_action`` checks again."""
+    return [_list_action(action) for action in actions]
+
+
+def _list_action(action: OperatorAction) -> Callable[..., None]:
+    @admin.action(permissions=["change"], description=action.label)
+    def run(modeladmin: OperatorActionsAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+        modeladmin.run_operator_action(request, action, queryset)
+
+    run.__name__ = action.name
+    return run
+
+
+def _report(request: HttpRequest, level: int, lines: list[str]) -> None:
+    for line in lines[:MAX_MESSAGES_PER_KIND]:
+        messages.add_message(request, level, line)
+    if len(lines) > MAX_MESSAGES_PER_KIND:
+        more = len(lines) - MAX_MESSAGES_PER_KIND
+        messages.add_message(request, level, f"... and {more} more like these")
+
+
+# --- the case actions -----------------------------------------------------------------
+
+
+def _retry(case: Case, actor: str) -> str:
+    case = case_retry(case_pk=case.pk, from_start=False, actor=actor)
+    return f"Case {case.case_id}: retrying from {case.workflow_step}"
+
+
+def _rerun(case: Case, actor: str) -> str:
+    case = case_retry(case_pk=case.pk, from_start=True, actor=actor)
+    return f"Case {case.case_id}: re-running from the start"
+
+
+def _cancel(case: Case, actor: str) -> str:
+    case = case_cancel(case_pk=case.pk, actor=actor)
+    return f"Case {case.case_id}: cancelled"
+
+
+def _change_priority(by: int) -> Callable[[Case, str], str]:
+    def change(case: Case, actor: str) -> str:
+        # Read the current value, not the one the page was rendered with.
+        case = case_change_priority(case_pk=case.pk, by=by, actor=actor)
+        return f"Case {case.case_id}: priority {case.priority - by} -> {case.priority}"
+
+    return change
+
+
+def _restartable(case: Case) -> bool:
+    return case.status in (Case.Status.FAILED, Case.Status.CANCELLED)
+
+
+def _active(case: Case) -> bool:
+    return not case.is_terminal
+
+
+CASE_ACTIONS = (
+    OperatorAction("retry_failed_step", "Retry from the failed step", _retry, _restartable),
+    OperatorAction("rerun_from_start", "Re-run from the start", _rerun, _restartable),
+    OperatorAction("raise_priority", "Raise priority", _change_priority(+1), _active),
+    OperatorAction("lower_priority", "Lower priority", _change_priority(-1), _active),
+    OperatorAction("cancel", "Cancel", _cancel, _active, danger=True),
+)
+
+
+# --- list helpers: paginator and filters ----------------------------------------------
+
+
+class EstimatedCountPaginator(Paginator):
+    """Exact counts, except for a whole big table on PostgreSQL, where the planner's row
+    estimate is used: ``COUNT(*)`` reads every row and slows each page of a big list.
+
+    Filtered lists (a status, a search) are counted exactly; they use the indexes.
+    """
+
+    exact_below = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        query = getattr(self.object_list, "query", None)
+        if query is not None and not query.where:
+            estimate = _estimated_rows(self.object_list)
+            if estimate >= self.exact_below:
+                return estimate
+        return super().count
+
+
+def _estimated_rows(queryset: QuerySet) -> int:
+    connection = connections[queryset.db]
+    if connection.vendor != "postgresql":
+        return -1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+            [queryset.model._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else -1
+
+
+class WorkflowFilter(admin.SimpleListFilter):
+    """Workflows from config.yaml: no ``SELECT DISTINCT`` over the whole case table."""
+
+    title = "workflow"
+    parameter_name = "workflow"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in get_config().workflows]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset.filter(workflow=value) if value else queryset
+
+
+class GPUHostFilter(admin.SimpleListFilter):
+    """The GPU server a case runs (or ran) on; hosts come from the small GPU table."""
+
+    title = "GPU server"
+    parameter_name = "host"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        hosts = GPUResource.objects.order_by("host").values_list("host", flat=True).distinct()
+        return [(host, host) for host in hosts]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset.filter(host=value) if value else queryset
+
+
+# Active cases first (NEW, waiting, running), then the newest.
+
+
+# --- the case admin -------------------------------------------------------------------
+
+
+@admin.register(Case)
+class CaseAdmin(OperatorActionsAdmin):
+    operator_actions = CASE_ACTIONS
+    actions = list_actions(CASE_ACTIONS)
+    change_form_template = "cases/admin/case_change_form.html"
+    list_display = (
+        "case_id",
+        "status_badge",
+        "progress_bar",
+        "gpu",
+        "priority",
+        "age",
+        "duration",
+    )
+    list_display_links = ("case_id",)
+    list_filter = ("status", WorkflowFilter, GPUHostFilter, "created_at")
+    search_fields = ("case_id",)
+    search_help_text = "Search by case id (any part of it)."
+    ordering = (ACTIVE_FIRST.asc(), "-created_at")
+    list_select_related = ("reserved_gpu",)
+    list_per_page = 100
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a COUNT per filter choice: too dear on big tables
+    paginator = EstimatedCountPaginator
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "case_id",
+                    "status_badge",
+                    "progress_bar",
+                    "workflow",
+                    "priority",
+                    "host",
+                    "gpu",
+                )
+            },
+        ),
+        ("Failure", {"fields": ("error_kind", "error_message")}),
+        ("Paths", {"fields": ("source_path", "remote_case_dir", "remote_output_dir")}),
+        ("Times", {"fields": ("created_at", "updated_at", "finished_at", "age", "duration")}),
+    )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Case | None = None) -> bool:
+        # Never: a deleted case whose folder is still in the watched directory is found
+        # again by the scanner and run as a new case.
+        return False
+
+    def detail_context(self, case: Case) -> dict[str, Any]:
+        runs = WorkflowStep.objects.filter(case=case).select_related("gpu").order_by("id")
+        events = CaseEvent.objects.filter(case=case).select_related("step_run").order_by("id")
+        timeline = [{"run": run, "duration": format_duration(run.duration)} for run in runs]
+        return {"timeline": timeline, "case_events": events}
+
+    # -- columns ---------------------------------------------------------------------
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, case: Case) -> SafeString:
+        return status_badge(case.status, case.get_status_display())
+
+    @admin.display(description="Progress", ordering="progress")
+    def progress_bar(self, case: Case) -> SafeString:
+        caption = f"{case.progress}% {case.workflow_step}".strip()
+        return progress_bar(case.progress, case.status, caption)
+
+    @admin.display(description="GPU")
+    def gpu(self, case: Case) -> SafeString | str:
+        return gpu_link(held_gpu(case))
+
+    @admin.display(description="Age", ordering="-created_at")
+    def age(self, case: Case) -> str:
+        return format_duration(timezone.now() - case.created_at, coarse=True)
+
+    @admin.display(description="Duration")
+    def duration(self, case: Case) -> str:
+        if case.finished_at is None:
+            return "—"
+        return format_duration(case.finished_at - case.created_at)
+
+    @admin.display(description="Remote case directory")
+    def remote_case_dir(self, case: Case) -> str:
+        return get_config().remote_case_dir(case.case_id)
+
+    @admin.display(description="Remote output directory")
+    def remote_output_dir(self, case: Case) -> str:
+        return get_config().remote_output_dir(case.case_id)

@@ -1,0 +1,130 @@
+"""The GPU admin: every GPU by host, who holds it, how it is doing; maintenance on and off.
+
+GPU rows are written by GPU discovery and by the conductor (reservations), never by hand:
+the admin is read-only and its two actions call ``gpu_start_maintenance`` (a reserved GPU
+is drained: it finishes its case, then goes to maintenance) and ``gpu_end_maintenance``.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from cases.admin import (
+    OperatorAction,
+    OperatorActionsAdmin,
+    case_link,
+    format_duration,
+    list_actions,
+    status_badge,
+)
+from conductor.state import gpu_end_maintenance, gpu_start_maintenance
+from gpus.models import GPUResource
+
+
+def _start_maintenance(gpu: GPUResource, actor: str) -> str:
+    gpu = gpu_start_maintenance(gpu_pk=gpu.pk, actor=actor)
+    if gpu.drain_requested:
+        return f"GPU {gpu}: drain requested; it goes to maintenance when its case finishes"
+    return f"GPU {gpu}: in maintenance"
+
+
+def _end_maintenance(gpu: GPUResource, actor: str) -> str:
+    was_draining = gpu.drain_requested and gpu.status == GPUResource.Status.RESERVED
+    gpu = gpu_end_maintenance(gpu_pk=gpu.pk, actor=actor)
+    if was_draining and gpu.status == GPUResource.Status.RESERVED:
+        return f"GPU {gpu}: drain cancelled; it stays in service"
+    return f"GPU {gpu}: back in service"
+
+
+def _can_start(gpu: GPUResource) -> bool:
+    return gpu.status != GPUResource.Status.MAINTENANCE and not gpu.drain_requested
+
+
+def _can_end(gpu: GPUResource) -> bool:
+    return gpu.status == GPUResource.Status.MAINTENANCE or gpu.drain_requested
+
+
+GPU_ACTIONS = (
+    OperatorAction("start_maintenance", "Start maintenance", _start_maintenance, _can_start),
+    OperatorAction("end_maintenance", "End maintenance", _end_maintenance, _can_end),
+)
+
+
+@admin.register(GPUResource)
+class GPUResourceAdmin(OperatorActionsAdmin):
+    operator_actions = GPU_ACTIONS
+    actions = list_actions(GPU_ACTIONS)
+    list_display = (
+        "slot",
+        "status_badge",
+        "held_by",
+        "utilization",
+        "memory",
+        "temperature",
+        "seen",
+        "foreign",
+    )
+    list_display_links = ("slot",)
+    list_filter = ("host", "status", "drain_requested")
+    list_select_related = ("reserved_by",)
+    ordering = ("host", "index")
+    list_per_page = 200
+    search_fields = ("host", "uuid", "name", "reserved_by__case_id")
+    fieldsets = (
+        (None, {"fields": ("host", "index", "uuid", "name", "status_badge", "held_by")}),
+        ("Maintenance", {"fields": ("drain_requested", "foreign_processes")}),
+        ("Last reading", {"fields": ("utilization", "memory", "temperature", "seen")}),
+        ("Reservation", {"fields": ("reserved_at",)}),
+    )
+
+    def has_delete_permission(self, request: HttpRequest, obj: GPUResource | None = None) -> bool:
+        # Only a GPU that is gone (OFFLINE) may be removed; discovery re-adds one that returns.
+        offline = obj is not None and obj.status == GPUResource.Status.OFFLINE
+        return offline and super().has_delete_permission(request, obj)
+
+    @admin.display(description="GPU", ordering="host")
+    def slot(self, gpu: GPUResource) -> SafeString:
+        return format_html('{}<br><span class="mqi-muted">{}</span>', str(gpu), gpu.name)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, gpu: GPUResource) -> SafeString:
+        badge = status_badge(gpu.status, gpu.get_status_display())
+        if gpu.drain_requested:
+            badge += status_badge("drain", "drain pending")
+        return badge
+
+    @admin.display(description="Case")
+    def held_by(self, gpu: GPUResource) -> SafeString | str:
+        return case_link(gpu.reserved_by)
+
+    @admin.display(description="Util.", ordering="utilization_pct")
+    def utilization(self, gpu: GPUResource) -> str:
+        return "—" if gpu.utilization_pct is None else f"{gpu.utilization_pct}%"
+
+    @admin.display(description="Memory used")
+    def memory(self, gpu: GPUResource) -> str:
+        if gpu.memory_used_mib is None and gpu.memory_total_mib is None:
+            return "—"
+        return f"{_gib(gpu.memory_used_mib)} / {_gib(gpu.memory_total_mib)} GiB"
+
+    @admin.display(description="Temp.", ordering="temperature_c")
+    def temperature(self, gpu: GPUResource) -> str:
+        return "—" if gpu.temperature_c is None else f"{gpu.temperature_c} °C"
+
+    @admin.display(description="Last seen", ordering="last_seen")
+    def seen(self, gpu: GPUResource) -> str:
+        if gpu.last_seen is None:
+            return "never"
+        return f"{format_duration(timezone.now() - gpu.last_seen, coarse=True)} ago"
+
+    @admin.display(description="Foreign", ordering="foreign_processes")
+    def foreign(self, gpu: GPUResource) -> int:
+        return gpu.foreign_processes
+
+
+def _gib(mib: int | None) -> str:
+    return "?" if mib is None else f"{mib / 1024:.1f}"
