@@ -9,7 +9,6 @@ from typing import Any
 import dramatiq
 import pytest
 import yaml
-from django.conf import settings as django_settings
 from dramatiq import Message
 
 from mqi_site.config import clear_config_cache
@@ -50,15 +49,21 @@ def use_config(settings, tmp_path) -> Iterator[Callable[..., Path]]:
 
 
 @pytest.fixture(autouse=True)
-def _default_config(settings, tmp_path) -> Iterator[None]:
-    """Every test starts from the shipped config with its paths under tmp_path."""
+def _default_config(request, tmp_path) -> Iterator[None]:
+    """Every test starts from the shipped config with its paths under tmp_path.
+
+    Pure tests (scanner rules, parsers, stand-ins) also run with ``-p no:django``.
+    """
+    if not request.config.pluginmanager.has_plugin("django"):
+        yield
+        return
+    settings = request.getfixturevalue("settings")
     path = tmp_path / "config-default.yaml"
     path.write_text(yaml.safe_dump(base_config(tmp_path), sort_keys=False))
     settings.MQI_CONFIG = path
     clear_config_cache()
     yield
     clear_config_cache()
-    assert django_settings.MQI_CONFIG  # settings fixture restores the original afterwards
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def test_a_step_run_silent_after_every_resend_fails_as_transient_and_is_retried(
     run = active_run(case)
     now = timezone.now()
 
-    for round_ in range(state.MAX_REDRIVES + 1):
+    for _ in range(state.MAX_REDRIVES + 1):
         now += state.DISPATCH_GRACE + timedelta(seconds=1)
         with time_machine.travel(now):
             reconcile()

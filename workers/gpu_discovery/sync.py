@@ -108,15 +108,20 @@ def sync_host(name: str, spec: HostSpec) -> HostSync:
         status=GPUResource.Status.OFFLINE
     )
     for gpu in vanished.filter(status=GPUResource.Status.RESERVED):
-        log.warning("GPU %s vanished from nvidia-smi while case %s holds it", gpu, gpu.reserved_by_id)
+        log.warning(
+            "GPU %s vanished from nvidia-smi while case %s holds it", gpu, gpu.reserved_by_id
+        )
     return report
 
 
 def sync_gpus(config: Config) -> list[HostSync]:
     reports = [sync_host(name, spec) for name, spec in config.hosts.items()]
-    usable = any(r.added or r.back for r in reports) or GPUResource.objects.filter(
-        Q(status=GPUResource.Status.AVAILABLE, foreign_processes=0)
-    ).exists()
+    usable = (
+        any(r.added or r.back for r in reports)
+        or GPUResource.objects.filter(
+            Q(status=GPUResource.Status.AVAILABLE, foreign_processes=0)
+        ).exists()
+    )
     if usable:
         # New or returning GPUs (or ones a foreign process left): start waiting cases.
         send(CONDUCTOR, Command.RECONCILE, {})

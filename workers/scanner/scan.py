@@ -55,7 +55,7 @@ def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
         return result
     known = set(Case.objects.values_list("case_id", flat=True))
     if folders is None:
-        candidates = iter_candidate_folders(watch_dir)
+        candidates = iter_candidate_folders(watch_dir, skip=known)
     else:
         names = {name for name in folders if name not in (".", "..") and "/" not in name}
         candidates = (watch_dir / name for name in sorted(names) if (watch_dir / name).is_dir())
