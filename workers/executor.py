@@ -23,7 +23,7 @@ from cases.models import WorkflowStep
 from cases.services import step_run_heartbeat, step_run_mark_running
 from mqi_site.config import Config, StepSpec, get_config
 from mqi_site.messaging import CONDUCTOR, REMOTE_EXECUTOR, Command, ErrorKind, send
-from workers.hosts import ensure_remote_dir, local_environment, transport_for
+from workers.hosts import ensure_remote_dir, host_environment, transport_for
 from workers.transports import Transport, TransportError
 from workers.transports.detached import (
     RunState,
@@ -133,13 +133,11 @@ def _poll_again(run: StepRun, *, offset: int, polls: int, unreachable: int) -> N
     send(REMOTE_EXECUTOR, Command.POLL_COMMAND, payload, delay_ms=delay)
 
 
-def _environment(run: StepRun, transport_is_local: bool) -> dict[str, str]:
+def _environment(run: StepRun) -> dict[str, str]:
     env = {"MQI_CASE_ID": run.case_id, "MQI_STEP": run.step.name, "MQI_STEP_RUN": str(run.id)}
     if run.gpu_index is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(run.gpu_index)
-    if transport_is_local:
-        env.update(local_environment())
-    return env
+    return {**host_environment(run.host), **env}
 
 
 def execute(payload: dict[str, Any]) -> None:
@@ -148,7 +146,6 @@ def execute(payload: dict[str, Any]) -> None:
     run = load_step_run(payload["step_run_id"], config)
     if run is None:
         return  # cancelled or superseded: nothing to start
-    spec = config.hosts[run.host]
     transport = transport_for(run.host)
     try:
         if transport.stat(run.case_dir) is None:
@@ -165,7 +162,7 @@ def execute(payload: dict[str, Any]) -> None:
             run.run_dir,
             cwd=run.case_dir,
             command=run.command,
-            env=_environment(run, spec.transport == "local"),
+            env=_environment(run),
         )
     except TransportError as exc:
         _fail(run, ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT, str(exc))

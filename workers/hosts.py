@@ -9,6 +9,7 @@ runs MQI Communicator first on ``PATH`` (so ``python`` in a template is that int
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from functools import cache
 from pathlib import Path
@@ -40,11 +41,24 @@ def local_environment() -> dict[str, str]:
     }
 
 
+def host_environment(name: str) -> dict[str, str]:
+    """Variables the configured commands of host ``name`` may rely on."""
+    return local_environment() if get_config().hosts[name].transport == "local" else {}
+
+
+def with_host_environment(name: str, script: str) -> str:
+    """``script`` preceded by exports of :func:`host_environment`, values quoted."""
+    exports = "".join(
+        f"export {key}={shlex.quote(value)}\n" for key, value in host_environment(name).items()
+    )
+    return exports + script
+
+
 @cache
 def _transport(name: str, config_source: str) -> Transport:
     spec = get_config().hosts[name]
     if spec.transport == "local":
-        return LocalTransport(env=local_environment())
+        return LocalTransport()
     return SSHTransport(ssh_target(name, spec))
 
 

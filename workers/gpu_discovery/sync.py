@@ -25,7 +25,7 @@ from workers.gpu_discovery.nvidia_smi import (
     parse_compute_apps,
     parse_gpus,
 )
-from workers.hosts import transport_for
+from workers.hosts import transport_for, with_host_environment
 from workers.transports import TransportError
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,17 @@ def _discover(name: str, spec: HostSpec) -> tuple[list[GPUInfo], list[ComputeApp
         ]
         return gpus, []
     transport = transport_for(name)
-    listed = transport.run(f"{spec.nvidia_smi} {GPU_QUERY}", timeout=30)
+    listed = transport.run(
+        with_host_environment(name, f"{spec.nvidia_smi} {GPU_QUERY}"), timeout=30
+    )
     if listed.exit_code != 0:
         raise TransportError(
             f"nvidia-smi on {name} exited with {listed.exit_code}: {listed.stderr.strip()[:200]}",
             permanent=False,
         )
-    apps = transport.run(f"{spec.nvidia_smi} {COMPUTE_APPS_QUERY}", timeout=30)
+    apps = transport.run(
+        with_host_environment(name, f"{spec.nvidia_smi} {COMPUTE_APPS_QUERY}"), timeout=30
+    )
     return parse_gpus(listed.stdout), parse_compute_apps(apps.stdout) if apps.exit_code == 0 else []
 
 

@@ -1,0 +1,244 @@
+"""What the transfer and detached-run code needs from a host, and the errors it can raise.
+
+Two implementations exist: :class:`~workers.transports.ssh.SSHTransport` (a GPU server
+reached over SSH/SFTP) and :class:`~workers.transports.local.LocalTransport` (running on
+the GPU server itself). Both expose the same small primitives, shaped like paramiko's
+``SFTPClient``, so :mod:`~workers.transports.transfer` and
+:mod:`~workers.transports.detached` are written once.
+
+Every primitive raises :class:`TransportError` (never a raw ``OSError`` or paramiko
+exception), and every error says whether retrying can help.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat as stat_module
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+
+@dataclass(frozen=True, kw_only=True)
+class SSHTarget:
+    """How to reach one GPU server. Hashable: it is the key of the per-thread connection cache."""
+
+    name: str
+    hostname: str
+    port: int = 22
+    username: str
+    key_file: str
+    known_hosts_file: str
+    connect_timeout_sec: float = 10.0
+    keepalive_sec: int = 15
+
+    @property
+    def address(self) -> str:
+        """``user@host:port``, for messages (no secrets in it)."""
+        return f"{self.username}@{self.hostname}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The host's name as it appears in known_hosts (``[host]:port`` unless port 22)."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class TransportError(Exception):
+    """A transport operation failed.
+
+    ``permanent`` is False when the same call may succeed later unchanged (network, SSH
+    connection, timeout) and True when something must be fixed first (host key, key file,
+    missing path, permissions, full disk). The message names the host, the path and what to
+    do about it.
+    """
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+    @property
+    def transient(self) -> bool:
+        return not self.permanent
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """The attributes the transfer code needs (``lstat`` semantics unless said otherwise)."""
+
+    name: str
+    size: int
+    mode: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat_module.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat_module.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat_module.S_ISLNK(self.mode)
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    size: int
+    sha256: str
+
+
+class ReadStream(Protocol):
+    def read(self, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class WriteStream(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A host on which commands run and files live. Paths are absolute POSIX paths."""
+
+    @property
+    def description(self) -> str:
+        """Where operations happen (``ssh root@gpu1:22`` / ``local``), for messages."""
+        ...
+
+    def run(self, script: str, *, timeout: float) -> CommandResult:
+        """Run a POSIX ``sh`` script (stdin is empty) and wait for it, at most ``timeout`` s.
+
+        A non-zero exit is a normal result, not an error. Not retried on its own: a script
+        that was sent may have run.
+        """
+        ...
+
+    def lstat(self, path: str) -> FileStat | None:
+        """Attributes of ``path`` itself (a symlink is not followed); None if it is missing."""
+        ...
+
+    def stat(self, path: str) -> FileStat | None:
+        """Attributes of what ``path`` points to; None if it (or its target) is missing."""
+        ...
+
+    def listdir(self, path: str) -> list[FileStat]:
+        """Entries of a folder with ``lstat`` attributes, without ``.`` and ``..``."""
+        ...
+
+    def realpath(self, path: str) -> str:
+        """``path`` with every symlink resolved (the path must exist)."""
+        ...
+
+    def mkdir(self, path: str) -> None:
+        """Create one folder level; an existing folder is fine."""
+        ...
+
+    def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> ReadStream:
+        """Open for sequential reading from ``offset``.
+
+        ``size`` (the file's size) lets the transport read ahead exactly as far as needed.
+        """
+        ...
+
+    def open_write(self, path: str, *, offset: int = 0) -> WriteStream:
+        """Open for sequential writing at ``offset``: 0 creates or truncates, more appends there."""
+        ...
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace ``dst`` with ``src`` (POSIX rename semantics)."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Remove a file or symlink; a missing one is fine."""
+        ...
+
+    def digests(self, paths: Sequence[str], *, timeout: float) -> list[FileDigest | None]:
+        """Size and SHA-256 of each file, computed on this host; None where it is missing."""
+        ...
+
+    def close(self) -> None:
+        """Release this thread's resources for this host (the next call reconnects)."""
+        ...
+
+
+# errno values that mean "fix something first" and those that mean "try again later"
+_PERMANENT_HINTS: dict[int, str] = {
+    errno.ENOENT: "check that it exists",
+    errno.ENOTDIR: "a parent of it is a file, not a folder",
+    errno.EISDIR: "it is a folder where a file was expected",
+    errno.EEXIST: "something else already exists there",
+    errno.EACCES: "give the transfer user access to it",
+    errno.EPERM: "give the transfer user access to it",
+    errno.ENOSPC: "free disk space there",
+    errno.EDQUOT: "raise the disk quota or free space there",
+    errno.EROFS: "the file system is mounted read-only",
+    errno.ENAMETOOLONG: "shorten the file name",
+    errno.ELOOP: "a symlink loop is in the way",
+}
+PERMANENT_ERRNOS = frozenset(_PERMANENT_HINTS)
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTDOWN,
+        errno.EAGAIN,
+        errno.EINTR,
+    }
+)
+
+
+def os_error(exc: OSError, *, where: str, action: str, path: str) -> TransportError:
+    """Turn an ``OSError`` from a file operation into a :class:`TransportError`.
+
+    File-system errors (missing path, permissions, full disk...) are permanent; network
+    errors are transient. An errno we do not know (EIO...) is treated as permanent: retrying
+    a failing disk does not help, and a person has to look.
+    """
+    code = exc.errno
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if code in _TRANSIENT_ERRNOS:
+        return TransportError(
+            f"{where}: cannot {action} {path!r}: {reason}; will retry", permanent=False
+        )
+    hint = _PERMANENT_HINTS.get(code or 0, "check the path and the host")
+    return TransportError(f"{where}: cannot {action} {path!r}: {reason}; {hint}", permanent=True)

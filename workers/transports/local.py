@@ -1,0 +1,214 @@
+"""This machine as a transport: for running on the GPU server itself, and for the local side
+of every transfer.
+
+Same primitives and the same error rules as :class:`~workers.transports.ssh.SSHTransport`,
+so transfer and detached-run code cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from workers.transports.base import (
+    CommandResult,
+    FileDigest,
+    FileStat,
+    TransportError,
+    os_error,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class LocalTransport:
+    """Commands through ``/bin/sh`` and files through ``os`` on this machine. Stateless."""
+
+    def __init__(self) -> None:
+        self.description = f"local {socket.gethostname()}"
+
+    def _error(self, exc: OSError, action: str, path: str) -> TransportError:
+        return os_error(exc, where=self.description, action=action, path=path)
+
+    def run(self, script: str, *, timeout: float) -> CommandResult:
+        # its own session, so a timeout kills everything the script started (but not what
+        # it detached with setsid: that is in a session of its own)
+        try:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", script],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise self._error(exc, "start", "/bin/sh") from exc
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise TransportError(
+                f"{self.description}: command did not finish within {timeout:g}s and was "
+                "killed; will retry",
+                permanent=False,
+            ) from None
+        return CommandResult(
+            # a command killed by a signal has no exit code; SSH reports it as -1 too
+            exit_code=process.returncode if process.returncode >= 0 else -1,
+            stdout=stdout.decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+        )
+
+    def lstat(self, path: str) -> FileStat | None:
+        return self._stat(path, follow=False)
+
+    def stat(self, path: str) -> FileStat | None:
+        return self._stat(path, follow=True)
+
+    def _stat(self, path: str, *, follow: bool) -> FileStat | None:
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error(exc, "stat", path) from exc
+        return FileStat(name=os.path.basename(path), size=st.st_size, mode=st.st_mode)
+
+    def listdir(self, path: str) -> list[FileStat]:
+        try:
+            with os.scandir(path) as entries:
+                return [
+                    FileStat(name=e.name, size=st.st_size, mode=st.st_mode)
+                    for e in entries
+                    for st in (e.stat(follow_symlinks=False),)
+                ]
+        except OSError as exc:
+            raise self._error(exc, "list", path) from exc
+
+    def realpath(self, path: str) -> str:
+        try:
+            return os.path.realpath(path, strict=True)
+        except OSError as exc:
+            raise self._error(exc, "resolve", path) from exc
+
+    def mkdir(self, path: str) -> None:
+        try:
+            os.mkdir(path)
+        except FileExistsError as exc:
+            if not os.path.isdir(path):
+                raise self._error(exc, "create folder", path) from exc
+        except OSError as exc:
+            raise self._error(exc, "create folder", path) from exc
+
+    def remove(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._error(exc, "remove", path) from exc
+
+    def rename(self, src: str, dst: str) -> None:
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            raise self._error(exc, f"rename {src!r} to", dst) from exc
+
+    def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> _LocalStream:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the stream
+            handle.seek(offset)
+        except OSError as exc:
+            raise self._error(exc, "open", path) from exc
+        return _LocalStream(self, handle, path, "read")
+
+    def open_write(self, path: str, *, offset: int = 0) -> _LocalStream:
+        try:
+            handle = open(path, "r+b" if offset else "wb")  # noqa: SIM115 - closed by the stream
+            handle.seek(offset)
+        except OSError as exc:
+            raise self._error(exc, "open", path) from exc
+        return _LocalStream(self, handle, path, "write")
+
+    def digests(self, paths: Sequence[str], *, timeout: float) -> list[FileDigest | None]:
+        return [self._digest(path) for path in paths]
+
+    def _digest(self, path: str) -> FileDigest | None:
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error(exc, "checksum", path) from exc
+        return FileDigest(size=size, sha256=sha256)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _LocalStream:
+    """An open local file whose failures come out as :class:`TransportError`.
+
+    Written files are flushed to disk on close: the caller renames them into place next,
+    and a rename must never publish a file whose data is still only in memory.
+    """
+
+    def __init__(self, owner: LocalTransport, handle: BinaryIO, path: str, action: str) -> None:
+        self._owner = owner
+        self._handle = handle
+        self._path = path
+        self._action = action
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._handle.read(size)
+        except OSError as exc:
+            raise self._owner._error(exc, "read", self._path) from exc
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._handle.write(data)
+        except OSError as exc:
+            raise self._owner._error(exc, "write", self._path) from exc
+
+    def close(self) -> None:
+        try:
+            if self._action == "write" and not self._handle.closed:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise self._owner._error(exc, "write", self._path) from exc
+        finally:
+            self._handle.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except TransportError as close_error:
+            logger.debug(
+                "%s: closing %r after a failure: %s",
+                self._owner.description,
+                self._path,
+                close_error,
+            )

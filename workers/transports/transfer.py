@@ -1,0 +1,474 @@
+"""Copy a folder tree to or from a transport: atomic, verified, resumable and idempotent.
+
+One implementation for both directions and both transports; the transports only provide
+primitives (list, stat, open, rename...). For every file:
+
+- it is written as ``.<name>.mqi-part`` next to its final name and renamed into place only
+  after its size and SHA-256 were checked on the *other* host: the local side hashes the
+  bytes as they stream through, the far side hashes what it holds (``sha256sum`` over SSH,
+  batched), so a reader of the destination never sees a partial or corrupt file;
+- a ``.mqi-part`` left by an interrupted transfer is continued from its current size (the
+  final check covers the continued part too; on a mismatch the file is sent once more from
+  scratch);
+- a file already in place with the same size and hash is not sent again, so re-running a
+  finished transfer only costs the listing and the hashing.
+
+Paths are confined to the two roots: roots with ``..`` are refused, symlinks are followed
+only while they stay inside their tree, and nothing is written through a symlink that leaves
+the destination tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from workers.transports.base import FileDigest, FileStat, Transport, TransportError
+from workers.transports.local import LocalTransport
+
+logger = logging.getLogger(__name__)
+
+PART_PREFIX = "."
+PART_SUFFIX = ".mqi-part"
+CHUNK_SIZE = 1024 * 1024
+# files are verified and renamed in groups: one checksum command per group
+VERIFY_BATCH_FILES = 500
+VERIFY_BATCH_BYTES = 1024 * 1024 * 1024
+# generous: a slow disk hashes at ~100 MB/s
+DIGEST_TIMEOUT_BASE_SEC = 60.0
+DIGEST_BYTES_PER_SEC = 20_000_000
+
+
+@dataclass
+class TransferReport:
+    """What a transfer did. ``bytes_sent`` is what actually crossed (re-sends included)."""
+
+    files: int = 0
+    bytes: int = 0
+    files_skipped: int = 0
+    bytes_skipped: int = 0
+    files_resumed: int = 0
+    bytes_resumed: int = 0
+    files_resent: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+    @property
+    def megabytes_per_sec(self) -> float:
+        return self.bytes_sent / self.seconds / 1e6 if self.seconds else 0.0
+
+
+def upload_tree(
+    transport: Transport, local_dir: str | os.PathLike[str], remote_dir: str
+) -> TransferReport:
+    """Copy the folder ``local_dir`` (on this machine) to ``remote_dir`` on ``transport``."""
+    local = LocalTransport()
+    source = _Tree(local, _local_root(local_dir), local=True)
+    destination = _Tree(transport, _remote_root(remote_dir, transport), local=False)
+    return _Copy(source, destination).run()
+
+
+def download_tree(
+    transport: Transport, remote_dir: str, local_dir: str | os.PathLike[str]
+) -> TransferReport:
+    """Copy the folder ``remote_dir`` on ``transport`` to ``local_dir`` on this machine."""
+    local = LocalTransport()
+    source = _Tree(transport, _remote_root(remote_dir, transport), local=False)
+    destination = _Tree(local, _local_root(local_dir), local=True)
+    return _Copy(source, destination).run()
+
+
+def part_name(name: str) -> str:
+    """The temporary name a file is written under before it is renamed to ``name``."""
+    return f"{PART_PREFIX}{name}{PART_SUFFIX}"
+
+
+def is_part_name(name: str) -> bool:
+    return (
+        name.startswith(PART_PREFIX)
+        and name.endswith(PART_SUFFIX)
+        and len(name) > len(PART_PREFIX + PART_SUFFIX)
+    )
+
+
+def _refuse(message: str) -> TransportError:
+    return TransportError(message, permanent=True)
+
+
+def _local_root(path: str | os.PathLike[str]) -> str:
+    text = os.fspath(path)
+    if ".." in text.split("/"):
+        raise _refuse(f"local folder {text!r} contains '..'; pass a path without it")
+    return os.path.abspath(text)
+
+
+def _remote_root(path: str, transport: Transport) -> str:
+    if not posixpath.isabs(path):
+        raise _refuse(f"{transport.description}: {path!r} is not an absolute path")
+    if ".." in path.split("/"):
+        raise _refuse(f"{transport.description}: {path!r} contains '..'; remote paths are confined")
+    return posixpath.normpath(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class _Tree:
+    fs: Transport
+    root: str
+    local: bool  # on this machine: where the in-stream hash is taken
+
+    @property
+    def where(self) -> str:
+        return self.fs.description
+
+
+@dataclass
+class _File:
+    relative: str
+    size: int
+    source: str
+    final: str
+    part: str
+    offset: int = 0  # bytes of .mqi-part kept from an earlier attempt
+    attempts: int = 0
+    local_sha256: str = ""
+
+
+class _Copy:
+    """One transfer. ``near`` is the side on this machine, ``far`` the other one."""
+
+    def __init__(self, source: _Tree, destination: _Tree) -> None:
+        self.source = source
+        self.destination = destination
+        self.near, self.far = (source, destination) if source.local else (destination, source)
+        self.report = TransferReport()
+        self._destination_real = ""
+
+    def run(self) -> TransferReport:
+        started = time.monotonic()
+        folders, files = self._walk_source()
+        self._prepare_destination(folders)
+        plan, candidates = self._plan(files)
+        to_send = self._skip_files_in_place(plan, candidates)
+        batches = _batches(to_send)
+        if self.source.local:
+            for batch in batches:
+                self._send_and_publish(batch, None)
+        else:
+            self._download_batches(batches)
+        self.report.seconds = time.monotonic() - started
+        logger.info(
+            "%s -> %s: %d files, %d bytes sent, %d skipped, %d resumed in %.1fs",
+            self.source.where,
+            self.destination.where,
+            self.report.files,
+            self.report.bytes_sent,
+            self.report.bytes_skipped,
+            self.report.bytes_resumed,
+            self.report.seconds,
+        )
+        return self.report
+
+    # -- source ----------------------------------------------------------------------------
+
+    def _walk_source(self) -> tuple[list[str], list[tuple[str, int, str]]]:
+        """Folders and ``(relative path, size, absolute path)`` of files, symlinks confined."""
+        tree = self.source
+        root_stat = tree.fs.stat(tree.root)
+        if root_stat is None:
+            raise _refuse(f"{tree.where}: source folder {tree.root!r} does not exist")
+        if not root_stat.is_dir:
+            raise _refuse(f"{tree.where}: source {tree.root!r} is not a folder")
+        root_real = tree.fs.realpath(tree.root)
+        folders: list[str] = []
+        files: list[tuple[str, int, str]] = []
+        pending = [("", tree.root, root_real)]
+        while pending:
+            relative_dir, path_dir, real_dir = pending.pop()
+            for entry in sorted(tree.fs.listdir(path_dir), key=lambda e: e.name):
+                if is_part_name(entry.name):
+                    continue  # our own leftovers are never data
+                self._check_name(entry.name, path_dir)
+                relative = posixpath.join(relative_dir, entry.name)
+                path = posixpath.join(path_dir, entry.name)
+                kind, real = entry, posixpath.join(real_dir, entry.name)
+                if entry.is_symlink:
+                    kind, real = self._follow_source_link(path, real_dir, root_real)
+                if kind.is_dir:
+                    folders.append(relative)
+                    pending.append((relative, path, real))
+                elif kind.is_file:
+                    files.append((relative, kind.size, path))
+                else:
+                    raise _refuse(
+                        f"{tree.where}: {path!r} is neither a file nor a folder "
+                        "(device, socket or pipe); remove it from the folder"
+                    )
+        return folders, files
+
+    def _check_name(self, name: str, folder: str) -> None:
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise _refuse(f"{self.source.where}: invalid entry {name!r} in {folder!r}")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _refuse(
+                f"{self.source.where}: file name {name.encode('utf-8', 'surrogateescape')!r} "
+                f"in {folder!r} is not valid UTF-8; rename it"
+            ) from None
+
+    def _follow_source_link(self, path: str, real_dir: str, root_real: str) -> tuple[FileStat, str]:
+        tree = self.source
+        real = tree.fs.realpath(path)
+        if not _inside(real, root_real):
+            raise _refuse(
+                f"{tree.where}: symlink {path!r} points outside {tree.root!r} (to {real!r}); "
+                "it is not followed: copy the file into the folder instead"
+            )
+        target = tree.fs.stat(path)
+        if target is None:
+            raise _refuse(f"{tree.where}: symlink {path!r} is dangling")
+        if target.is_dir and _inside(real_dir, real):
+            raise _refuse(f"{tree.where}: symlink {path!r} makes a loop (to {real!r})")
+        return target, real
+
+    # -- destination -----------------------------------------------------------------------
+
+    def _prepare_destination(self, folders: Sequence[str]) -> None:
+        tree = self.destination
+        self._make_folder_with_parents(tree.root)
+        self._destination_real = tree.fs.realpath(tree.root)
+        for relative in folders:
+            self._make_folder(posixpath.join(tree.root, relative))
+
+    def _make_folder_with_parents(self, path: str) -> None:
+        existing = self.destination.fs.stat(path)
+        if existing is not None:
+            if existing.is_dir:
+                return
+            raise _refuse(f"{self.destination.where}: {path!r} exists and is not a folder")
+        parent = posixpath.dirname(path)
+        if parent != path:
+            self._make_folder_with_parents(parent)
+        self.destination.fs.mkdir(path)
+
+    def _make_folder(self, path: str) -> None:
+        tree = self.destination
+        existing = tree.fs.lstat(path)
+        if existing is None:
+            tree.fs.mkdir(path)
+        elif existing.is_symlink:
+            real = tree.fs.realpath(path)
+            target = tree.fs.stat(path)
+            if not _inside(real, self._destination_real) or target is None or not target.is_dir:
+                raise _refuse(
+                    f"{tree.where}: {path!r} is a symlink to {real!r}, outside "
+                    f"{tree.root!r} or not a folder; remove it"
+                )
+        elif not existing.is_dir:
+            raise _refuse(f"{tree.where}: {path!r} exists and is not a folder; remove it")
+
+    def _plan(self, files: Sequence[tuple[str, int, str]]) -> tuple[list[_File], list[_File]]:
+        """Every file with its destination names and how much of it is already there, and
+        the files whose final name holds a file of the right size (maybe the right file)."""
+        tree = self.destination
+        listings: dict[str, dict[str, FileStat]] = {}
+        plan: list[_File] = []
+        candidates: list[_File] = []
+        for relative, size, source in files:
+            folder = posixpath.join(tree.root, posixpath.dirname(relative))
+            name = posixpath.basename(relative)
+            if folder not in listings:
+                listings[folder] = {e.name: e for e in tree.fs.listdir(folder)}
+            item = _File(
+                relative=relative,
+                size=size,
+                source=source,
+                final=posixpath.join(folder, name),
+                part=posixpath.join(folder, part_name(name)),
+            )
+            final = listings[folder].get(name)
+            if final is not None and final.is_dir:
+                raise _refuse(
+                    f"{tree.where}: {item.final!r} is a folder but the source has a file "
+                    "there; remove it"
+                )
+            part = listings[folder].get(part_name(name))
+            if part is not None and part.is_file and part.size <= size:
+                item.offset = part.size
+            elif part is not None:
+                # a symlink or something bigger: never append through or to it
+                tree.fs.remove(item.part)
+            self.report.files += 1
+            self.report.bytes += size
+            plan.append(item)
+            if final is not None and final.is_file and final.size == size:
+                candidates.append(item)
+        return plan, candidates
+
+    def _skip_files_in_place(self, plan: list[_File], candidates: list[_File]) -> list[_File]:
+        """The files still to send: those in place with the same hash on both sides are not."""
+        if not candidates:
+            return plan
+        source_paths = [c.source for c in candidates]
+        destination_paths = [c.final for c in candidates]
+        near_paths, far_paths = (
+            (source_paths, destination_paths)
+            if self.source.local
+            else (destination_paths, source_paths)
+        )
+        timeout = _digest_timeout(sum(c.size for c in candidates))
+        # hash both sides at the same time: the far side is a remote process, the near
+        # side is hashlib in a helper thread (it releases the GIL)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            near_future = pool.submit(self.near.fs.digests, near_paths, timeout=timeout)
+            far = self.far.fs.digests(far_paths, timeout=timeout)
+            near = near_future.result()
+        in_place = {
+            id(c)
+            for c, n, f in zip(candidates, near, far, strict=True)
+            if n is not None and n == f and n.size == c.size
+        }
+        remaining = []
+        for item in plan:
+            if id(item) not in in_place:
+                remaining.append(item)
+                continue
+            self.report.files_skipped += 1
+            self.report.bytes_skipped += item.size
+            if item.offset:
+                self.destination.fs.remove(item.part)  # a stale attempt of a file now in place
+        return remaining
+
+    # -- copying ---------------------------------------------------------------------------
+
+    def _download_batches(self, batches: list[list[_File]]) -> None:
+        """Download, hashing each batch's remote sources while earlier batches are copied."""
+        helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-far-hash")
+        try:
+            digests = [helper.submit(self._far_digests, batch) for batch in batches]
+            for batch, batch_digests in zip(batches, digests, strict=True):
+                self._send_and_publish(batch, batch_digests)
+        finally:
+            # close the helper thread's own connection (connections are per thread); after a
+            # failure, do not wait for long remote hashes: they end (and close) on their own
+            helper.submit(self.far.fs.close)
+            helper.shutdown(wait=False, cancel_futures=True)
+
+    def _send_and_publish(
+        self, batch: list[_File], far_digests: Future[dict[str, FileDigest | None]] | None
+    ) -> None:
+        for item in batch:
+            self._send(item)
+        self._verify_and_publish(batch, far_digests)
+
+    def _far_digests(self, items: Sequence[_File]) -> dict[str, FileDigest | None]:
+        """Digests computed on the far side: of the parts uploading, of the sources downloading."""
+        paths = [item.part if self.destination is self.far else item.source for item in items]
+        timeout = _digest_timeout(sum(item.size for item in items))
+        return dict(zip(paths, self.far.fs.digests(paths, timeout=timeout), strict=True))
+
+    def _send(self, item: _File) -> None:
+        item.attempts += 1
+        digest = self._hash_kept_part(item) if item.offset else None
+        if digest is None:
+            item.offset = 0
+            digest = hashlib.sha256()
+        remaining = item.size - item.offset
+        with (
+            self.source.fs.open_read(item.source, offset=item.offset, size=item.size) as reader,
+            self.destination.fs.open_write(item.part, offset=item.offset) as writer,
+        ):
+            while remaining > 0:
+                chunk = reader.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise TransportError(
+                        f"{self.source.where}: {item.source!r} became shorter while being "
+                        "copied; is something still writing it? will retry",
+                        permanent=False,
+                    )
+                digest.update(chunk)
+                writer.write(chunk)
+                remaining -= len(chunk)
+                self.report.bytes_sent += len(chunk)
+        item.local_sha256 = digest.hexdigest()
+
+    def _hash_kept_part(self, item: _File) -> hashlib._Hash | None:
+        """The hash of the first ``offset`` bytes on the local side; None if they are not there.
+
+        Uploading, that is the local source (the remote part is checked after the copy);
+        downloading, the local part itself.
+        """
+        digest = hashlib.sha256()
+        path = item.source if self.source.local else item.part
+        remaining = item.offset
+        with self.near.fs.open_read(path, size=item.offset) as reader:
+            while remaining > 0:
+                chunk = reader.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    return None
+                digest.update(chunk)
+                remaining -= len(chunk)
+        return digest
+
+    def _verify_and_publish(
+        self, batch: list[_File], far_digests: Future[dict[str, FileDigest | None]] | None
+    ) -> None:
+        """Rename every file whose copy matches the far side's hash; send the others again."""
+        if not batch:
+            return
+        far = far_digests.result() if far_digests is not None else self._far_digests(batch)
+        mismatched = []
+        for item in batch:
+            digest = far[item.part if self.destination is self.far else item.source]
+            if digest == FileDigest(size=item.size, sha256=item.local_sha256):
+                self.destination.fs.rename(item.part, item.final)
+                if item.offset:
+                    self.report.files_resumed += 1
+                    self.report.bytes_resumed += item.offset
+            elif item.attempts >= 2:
+                raise TransportError(
+                    f"{self.far.where}: {item.relative!r} still differs after being sent again "
+                    f"(expected {item.size} bytes sha256 {item.local_sha256}, found {digest}); "
+                    "is something changing it? will retry",
+                    permanent=False,
+                )
+            else:
+                logger.warning(
+                    "%s: %r differs after the copy (resumed from %d); sending it again",
+                    self.far.where,
+                    item.relative,
+                    item.offset,
+                )
+                mismatched.append(item)
+        for item in mismatched:
+            self.report.files_resent += 1
+            item.offset = 0
+            self._send(item)
+        self._verify_and_publish(mismatched, None)
+
+
+def _batches(items: list[_File]) -> list[list[_File]]:
+    """Consecutive groups verified with one checksum command each."""
+    batches: list[list[_File]] = [[]]
+    size = 0
+    for item in items:
+        if len(batches[-1]) >= VERIFY_BATCH_FILES or size >= VERIFY_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item.size
+    return [batch for batch in batches if batch]
+
+
+def _digest_timeout(total_bytes: int) -> float:
+    return DIGEST_TIMEOUT_BASE_SEC + total_bytes / DIGEST_BYTES_PER_SEC
