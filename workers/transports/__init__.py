@@ -13,13 +13,18 @@ from workers.transports.base import (
     TransportError,
 )
 from workers.transports.local import LocalTransport
-from workers.transports.ssh import SSHTransport
+from workers.transports.ssh import SSHTransport, close_thread_connections
+from workers.transports.transfer import TransferReport, download_tree, upload_tree
 
 __all__ = [
     "CommandResult",
     "LocalTransport",
     "SSHTarget",
     "SSHTransport",
+    "TransferReport",
     "Transport",
     "TransportError",
+    "close_thread_connections",
+    "download_tree",
+    "upload_tree",
 ]

@@ -142,8 +142,10 @@ class Transport(Protocol):
     def run(self, script: str, *, timeout: float) -> CommandResult:
         """Run a POSIX ``sh`` script (stdin is empty) and wait for it, at most ``timeout`` s.
 
-        A non-zero exit is a normal result, not an error. Not retried on its own: a script
-        that was sent may have run.
+        A non-zero exit is a normal result, not an error; a command killed by a signal has
+        exit code -1. Raises a transient :class:`TransportError` on timeout or a lost
+        connection; it is not retried on its own, since a script that was sent may have run.
+        Keep scripts under ~100 KiB (they travel as one ``sh -c`` argument).
         """
         ...
 
