@@ -9,7 +9,7 @@ brings it back on the same port with the same keys.
 
 Use from a ``conftest.py``::
 
-    from tests.sshd import sshd_factory, sshd_server  # noqa: F401
+    # the repository's top-level conftest.py loads this module as a plugin
 """
 
 from __future__ import annotations

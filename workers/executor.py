@@ -273,7 +273,7 @@ def _exit_reason(run: StepRun, status: RunStatus) -> str:
     output = status.stderr_tail.strip() or status.stdout_tail.strip()
     last = output.splitlines()[-1:] if output else []
     detail = f": {last[0][:300]}" if last else ""
-    return f"{run.step.name} exited with code {status.exit_code}{detail}"
+    return f"exited with code {status.exit_code}{detail}"
 
 
 def cancel(payload: dict[str, Any]) -> None:

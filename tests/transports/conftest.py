@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.sshd import sshd_factory, sshd_server  # noqa: F401 - fixtures
 from workers.transports.ssh import close_thread_connections
 
 

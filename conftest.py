@@ -1,0 +1,2 @@
+# Fixtures shared by the whole suite that live in their own modules.
+pytest_plugins = ["tests.sshd"]
