@@ -10,6 +10,7 @@ one that went silent.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,26 @@ from workers.transports.transfer import TransferReport, download_tree, upload_tr
 
 log = logging.getLogger(__name__)
 
+# Deadline pushed forward while a transfer runs; refreshed at most every HEARTBEAT_EVERY_SEC.
 HEARTBEAT_SEC = 300
+HEARTBEAT_EVERY_SEC = 10
+
+
+def _heartbeat(step_run_id: int):
+    last = time.monotonic()
+
+    def beat(report: TransferReport) -> None:
+        nonlocal last
+        if time.monotonic() - last >= HEARTBEAT_EVERY_SEC:
+            last = time.monotonic()
+            if not step_run_heartbeat(step_run_id=step_run_id, deadline_sec=HEARTBEAT_SEC):
+                raise TransferCancelled(f"step run {step_run_id} is no longer wanted")
+
+    return beat
+
+
+class TransferCancelled(Exception):
+    """The step run was cancelled or superseded while its files were moving."""
 
 
 def handle(command: str, payload: dict[str, Any]) -> None:
@@ -39,19 +59,23 @@ def handle(command: str, payload: dict[str, Any]) -> None:
     outcome = {"case_id": case.case_id, "step_run_id": row.pk}
     step_run_mark_running(step_run_id=row.pk, deadline_sec=HEARTBEAT_SEC)
     transport = transport_for(row.host)
+    beat = _heartbeat(row.pk)
     try:
         if command == Command.UPLOAD_CASE:
-            report = _upload(
-                transport, Path(case.source_path), config.remote_case_dir(case.case_id)
-            )
+            source = Path(case.source_path)
+            report = _upload(transport, source, config.remote_case_dir(case.case_id), beat)
             done = Command.CASE_UPLOAD_COMPLETED
         elif command == Command.DOWNLOAD_RESULTS:
             local = config.local_results_dir(case.case_id)
             local.mkdir(parents=True, exist_ok=True)
-            report = download_tree(transport, config.remote_output_dir(case.case_id), local)
+            remote = config.remote_output_dir(case.case_id)
+            report = download_tree(transport, remote, local, on_progress=beat)
             done = Command.RESULTS_DOWNLOAD_COMPLETED
         else:
             raise ValueError(f"unknown file_transfer command {command!r}")
+    except TransferCancelled:
+        log.info("%s stopped: the step run was cancelled", row.name)
+        return
     except TransportError as exc:
         kind = ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT
         log.warning("%s failed (%s): %s", row.name, kind, exc)
@@ -66,7 +90,7 @@ def handle(command: str, payload: dict[str, Any]) -> None:
     send(CONDUCTOR, done, {**outcome, "stdout_tail": _describe(report)})
 
 
-def _upload(transport, source: Path, remote_dir: str) -> TransferReport:
+def _upload(transport, source: Path, remote_dir: str, beat) -> TransferReport:
     if not source.is_dir():
         raise TransportError(
             f"the case folder {source} is gone from the watch directory (moved or deleted "
@@ -74,7 +98,7 @@ def _upload(transport, source: Path, remote_dir: str) -> TransferReport:
             permanent=True,
         )
     ensure_remote_dir(transport, str(Path(remote_dir).parent))
-    return upload_tree(transport, source, remote_dir)
+    return upload_tree(transport, source, remote_dir, on_progress=beat)
 
 
 def _describe(report: TransferReport) -> str:

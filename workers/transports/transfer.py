@@ -25,7 +25,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -64,10 +64,20 @@ class TransferReport:
         return self.bytes_sent / self.seconds / 1e6 if self.seconds else 0.0
 
 
+Progress = Callable[["TransferReport"], None]
+
+
 def upload_tree(
-    transport: Transport, local_dir: str | os.PathLike[str], remote_dir: str
+    transport: Transport,
+    local_dir: str | os.PathLike[str],
+    remote_dir: str,
+    *,
+    on_progress: Progress | None = None,
 ) -> TransferReport:
-    """Copy the folder ``local_dir`` (on this machine) to ``remote_dir`` on ``transport``."""
+    """Copy the folder ``local_dir`` (on this machine) to ``remote_dir`` on ``transport``.
+
+    ``on_progress`` is called with the report so far after every file sent (a long transfer
+    uses it to tell the conductor it is alive)."""
     local = LocalTransport()
     source = _Tree(local, _local_root(local_dir), local=True)
     destination = _Tree(transport, _remote_root(remote_dir, transport), local=False)
@@ -75,7 +85,11 @@ def upload_tree(
 
 
 def download_tree(
-    transport: Transport, remote_dir: str, local_dir: str | os.PathLike[str]
+    transport: Transport,
+    remote_dir: str,
+    local_dir: str | os.PathLike[str],
+    *,
+    on_progress: Progress | None = None,
 ) -> TransferReport:
     """Copy the folder ``remote_dir`` on ``transport`` to ``local_dir`` on this machine."""
     local = LocalTransport()
@@ -146,9 +160,12 @@ class _File:
 class _Copy:
     """One transfer. ``near`` is the side on this machine, ``far`` the other one."""
 
-    def __init__(self, source: _Tree, destination: _Tree) -> None:
+    def __init__(
+        self, source: _Tree, destination: _Tree, on_progress: Progress | None = None
+    ) -> None:
         self.source = source
         self.destination = destination
+        self.on_progress = on_progress
         self.near, self.far = (source, destination) if source.local else (destination, source)
         self.report = TransferReport()
         self._destination_real = ""
@@ -369,6 +386,8 @@ class _Copy:
     ) -> None:
         for item in batch:
             self._send(item)
+            if self.on_progress is not None:
+                self.on_progress(self.report)
         self._verify_and_publish(batch, far_digests)
 
     def _far_digests(self, items: Sequence[_File]) -> dict[str, FileDigest | None]:
