@@ -128,6 +128,11 @@ DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.CurrentMessage",
     "mqi_site.logcontext.CaseLogContext",
 ]
+# Message metrics (enqueued, processed, retried, durations per actor) from Dramatiq's own
+# Prometheus middleware: each `rundramatiq` serves them on dramatiq_prom_host:dramatiq_prom_port
+# (default 0.0.0.0:9191).  Opt-in, since two worker processes on one host need two ports.
+if env_bool("MQI_PROMETHEUS"):
+    DRAMATIQ_MIDDLEWARE.append("dramatiq.middleware.Prometheus")
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     DRAMATIQ_BROKER = {

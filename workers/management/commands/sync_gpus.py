@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from gpus.models import GPUResource
+from mqi_site.config import get_config
+from workers.gpu_discovery.sync import sync_gpus
+
+
+class Command(BaseCommand):
+    help = "Run GPU discovery on every configured host now and show the GPUs."
+
+    def handle(self, *args, **opts) -> None:
+        reports = sync_gpus(get_config())
+        for report in reports:
+            line = (
+                f"{report.host}: {report.seen} seen, {report.added} new, {report.back} back, "
+                f"{report.offline} offline"
+            )
+            if report.foreign_busy:
+                line += f", busy with foreign processes: {report.foreign_busy}"
+            self.stdout.write(line + (f" — ERROR: {report.error}" if report.error else ""))
+        self.stdout.write(f"\n{'GPU':<16} {'status':<12} {'case':<30} {'util':>5} {'temp':>5}")
+        for gpu in GPUResource.objects.select_related("reserved_by"):
+            case = gpu.reserved_by.case_id if gpu.reserved_by else "-"
+            util = "-" if gpu.utilization_pct is None else f"{gpu.utilization_pct}%"
+            temp = "-" if gpu.temperature_c is None else f"{gpu.temperature_c}C"
+            self.stdout.write(f"{gpu!s:<16} {gpu.status:<12} {case:<30} {util:>5} {temp:>5}")
+        if all(report.error for report in reports):
+            raise CommandError("GPU discovery failed on every host")
