@@ -82,7 +82,11 @@ def test_sigterm_stops_the_embedded_run_cleanly(embedded):
     wait_until(lambda: starts(tmp_path, "case-002", "moquisim") == 1, process, "work in flight")
 
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("runmqi did not stop: " + process.communicate()[0][-4000:]) from None
 
     assert process.returncode == 0, output
     assert "stopping: finishing messages in hand" in output

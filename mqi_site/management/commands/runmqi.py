@@ -86,7 +86,7 @@ class Command(BaseCommand):
             self.stdout.write("stopping: finishing messages in hand ...")
             if triggers.scheduler.running:
                 triggers.stop()
-            worker.stop(timeout=30_000)
+            worker.stop(timeout=10_000)
         if code:
             raise SystemExit(code)
 
