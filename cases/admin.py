@@ -36,7 +36,7 @@ from django.utils.text import capfirst
 from cases.models import ACTIVE_FIRST, Case, CaseEvent, WorkflowStep
 from conductor.state import CaseStateError, case_cancel, case_change_priority, case_retry
 from gpus.models import GPUResource
-from mqi_site.config import get_config
+from mqi_site.config import case_id_path_problem, get_config
 
 # --- small renderers (shared with the GPU admin) --------------------------------------
 
@@ -449,8 +449,8 @@ class CaseAdmin(OperatorActionsAdmin):
 
     @admin.display(description="Remote case directory")
     def remote_case_dir(self, case: Case) -> str:
-        return get_config().remote_case_dir(case.case_id)
+        return case_id_path_problem(case.case_id) or get_config().remote_case_dir(case.case_id)
 
     @admin.display(description="Remote output directory")
     def remote_output_dir(self, case: Case) -> str:
-        return get_config().remote_output_dir(case.case_id)
+        return case_id_path_problem(case.case_id) or get_config().remote_output_dir(case.case_id)

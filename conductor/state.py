@@ -26,7 +26,7 @@ from cases.models import Case, CaseEvent, WorkflowStep
 from conductor import notifications, retry, workflow
 from gpus.models import GPUResource
 from gpus.services import free_gpu_exists, gpu_held_by, release_gpu, reserve_gpu
-from mqi_site.config import Config, StepSpec, get_config
+from mqi_site.config import Config, StepSpec, case_id_path_problem, get_config
 from mqi_site.messaging import (
     NOTIFIER,
     REMOTE_EXECUTOR,
@@ -39,10 +39,15 @@ from mqi_site.messaging import (
 log = logging.getLogger(__name__)
 
 # How long a dispatched step run may go without word from its worker before the
-# reconciler re-drives it.  Workers push the deadline forward while they work.
+# reconciler re-drives it (``conductor.dispatch_grace_sec``; this is its default).  Workers
+# push the deadline forward while they work.
 DISPATCH_GRACE = timedelta(seconds=120)
 # Re-sends of a silent step run before it counts as a (transient) failure.
 MAX_REDRIVES = 5
+
+
+def dispatch_grace(config: Config) -> timedelta:
+    return timedelta(seconds=config.conductor.dispatch_grace_sec)
 
 
 class CaseStateError(Exception):
@@ -80,6 +85,9 @@ def case_register(
                 )
             return None
         _event(case, "created", f"found at {source_path}")
+        path_problem = case_id_path_problem(case_id)
+        if path_problem:  # only a forged or garbled message carries such an id
+            problems = [*problems, path_problem]
         if problems:
             _fail(case, ErrorKind.INVALID_INPUT, "invalid case folder: " + "; ".join(problems))
         elif name not in config.workflows:
@@ -164,8 +172,11 @@ def step_run_redrive(*, step_run_id: int, force: bool = False) -> str:
             )
             _retry_or_fail(case, run, config, ErrorKind.TRANSIENT, reason)
             return "failed"
-        run.deadline = now + DISPATCH_GRACE
-        run.save(update_fields=["deadline"])
+        # Dispatched again: the next worker to get the command may claim it (a transfer
+        # refuses a run another live worker holds; this one's worker went silent).
+        run.status = WorkflowStep.Status.DISPATCHED
+        run.deadline = now + dispatch_grace(config)
+        run.save(update_fields=["status", "deadline"])
         _event(
             case,
             "redriven",
@@ -478,7 +489,7 @@ def _dispatch(
         host=case.host,
         command=_render(case, spec, gpu, config),
         dispatched_at=now,
-        deadline=now + DISPATCH_GRACE + timedelta(milliseconds=delay_ms or 0),
+        deadline=now + dispatch_grace(config) + timedelta(milliseconds=delay_ms or 0),
     )
     send_on_commit(
         route.actor,

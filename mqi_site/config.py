@@ -68,6 +68,9 @@ class ConductorSection(_Section):
     # case overlap with another case's simulation on the same GPU.
     gpu_policy: Literal["every_step", "execute_steps"] = "every_step"
     reconcile_interval_sec: float = Field(30, gt=0, le=3600)
+    # How long a step run may go without word from its worker (dispatch, heartbeat, poll)
+    # before the reconciler re-sends its command.
+    dispatch_grace_sec: float = Field(120, gt=0, le=86400)
 
 
 class StepSpec(_Section):
@@ -189,14 +192,32 @@ class Config(_Section):
 
     def remote_case_dir(self, case_id: str) -> str:
         """The case's folder on the GPU server (the upload target, the commands' cwd)."""
-        return str(PurePosixPath(self.conductor.remote_paths.upload_dir) / case_id)
+        return str(PurePosixPath(self.conductor.remote_paths.upload_dir) / _segment(case_id))
 
     def remote_output_dir(self, case_id: str) -> str:
         """Where the case's results are written on the GPU server (the download source)."""
-        return str(PurePosixPath(self.conductor.remote_paths.download_dir) / case_id)
+        return str(PurePosixPath(self.conductor.remote_paths.download_dir) / _segment(case_id))
 
     def local_results_dir(self, case_id: str) -> Path:
-        return Path(self.results.local_dir) / case_id
+        return Path(self.results.local_dir) / _segment(case_id)
+
+
+def case_id_path_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a folder under the configured roots, or None.
+
+    Case ids are folder names, so the scanner never makes such an id; this keeps every path
+    built from one inside its root whatever reaches the conductor.
+    """
+    if case_id in ("", ".", "..") or "/" in case_id or "\x00" in case_id:
+        return f"the case id {case_id!r} cannot be used as a folder name"
+    return None
+
+
+def _segment(case_id: str) -> str:
+    problem = case_id_path_problem(case_id)
+    if problem:
+        raise ValueError(problem)
+    return case_id
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:

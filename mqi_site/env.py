@@ -7,11 +7,19 @@ reads the value from that file (the Docker/Kubernetes secrets convention).
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 
 def env_str(name: str, default: str | None = None) -> str | None:
     file_path = os.environ.get(f"{name}_FILE")
     if file_path:
-        return Path(file_path).read_text().strip()
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            # Name the variable, never the content: the file holds a secret.
+            raise ImproperlyConfigured(
+                f"{name}_FILE={file_path}: cannot read it ({exc.strerror or exc})"
+            ) from None
     return os.environ.get(name, default)
 
 

@@ -371,13 +371,13 @@ def test_retried_case_waits_when_no_gpu_is_free(stub_broker):
 
 def test_case_id_is_quoted_in_rendered_commands(stub_broker):
     make_gpus(1)
-    nasty = "a b'; $(touch /tmp/canary) `id`"
+    nasty = "a b'; $(touch canary) `id`"  # a folder name: no "/"
     case = register(nasty)
     succeed(active_run(case))
 
     command = active_run(case).command
 
-    assert "--case 'a b'\"'\"'; $(touch /tmp/canary) `id`'" in command
+    assert "--case 'a b'\"'\"'; $(touch canary) `id`'" in command
 
 
 def test_execute_steps_policy_holds_the_gpu_only_while_executing(stub_broker, use_config):

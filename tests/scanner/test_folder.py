@@ -211,6 +211,18 @@ def test_an_rtplan_without_beams_is_invalid(case: Path, beams: str | None) -> No
     ]
 
 
+def test_an_rtplan_cut_short_is_invalid_not_read_as_a_smaller_plan(case: Path) -> None:
+    whole = write_plan(case / "plan.dcm", beam_count=3).read_bytes()
+    (case / "plan.dcm").write_bytes(whole[: len(whole) - 20])  # the last beam is cut
+
+    verdict = inspect(case)
+
+    assert verdict.state == FolderState.READY_INVALID
+    (reason,) = verdict.reasons
+    assert reason.startswith("plan.dcm is cut short (element (300A,03A2) holds ")
+    assert reason.endswith("; copy the complete file again")
+
+
 def test_zero_byte_plan_and_log_files_are_reported_by_name(case: Path) -> None:
     (case / "beam2.ptn").write_bytes(b"")
     (case / "plan2.dcm").write_bytes(b"")
@@ -401,7 +413,7 @@ def test_a_folder_with_a_bad_name_is_invalid_and_says_why(tmp_path: Path) -> Non
 # --- candidates ---------------------------------------------------------------------------
 
 
-def test_candidates_are_visible_subfolders_and_links_that_stay_inside(tmp_path: Path) -> None:
+def test_candidates_are_visible_subfolders_and_links_to_folders(tmp_path: Path) -> None:
     watch = tmp_path / "incoming"
     for name in ("b-case", "a-case", ".partial-copy", "archive/old-case"):
         (watch / name).mkdir(parents=True)
@@ -414,7 +426,28 @@ def test_candidates_are_visible_subfolders_and_links_that_stay_inside(tmp_path: 
 
     names = [path.name for path in iter_candidate_folders(watch)]
 
-    assert names == ["a-case", "alias", "archive", "b-case"]
+    # "escape" is listed so that it becomes a visible invalid case (never read, see below)
+    assert names == ["a-case", "alias", "archive", "b-case", "escape"]
+
+
+def test_a_case_folder_linked_from_outside_is_invalid_and_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "elsewhere" / "QA-9"
+    outside.mkdir(parents=True)
+    (outside / "READY").write_text("")
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    (watch / "QA-9").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setattr(folder.os, "scandir", _must_not_read)
+
+    verdict = inspect(watch / "QA-9")
+
+    assert verdict.state == FolderState.READY_INVALID
+    assert verdict.reasons == [
+        f"the case folder is a symbolic link to {outside}, outside the watch directory; it is "
+        "not read: copy the case folder into the watch directory instead"
+    ]
 
 
 def test_names_to_skip_are_not_yielded(tmp_path: Path) -> None:

@@ -137,6 +137,33 @@ def test_a_ready_marker_is_noticed_through_file_events(stub_broker, watch_dir, t
         triggers.stop()
 
 
+def test_file_events_still_arrive_with_thousands_of_case_folders_in_the_watch_dir(
+    stub_broker, watch_dir, tmp_path
+):
+    # Cases stay in the watched directory; listing them on start-up must not flood the
+    # kernel's event queue (it did with 5,000 folders, and then no event arrived at all).
+    for number in range(6000):
+        (watch_dir / f"done-{number:05d}").mkdir()
+    triggers = Triggers(get_config(), lock=FileLeaderLock(tmp_path / "leader.lock"))
+    triggers.start()
+    try:
+        folder = make_case(watch_dir, "QA-6")
+        (folder / "READY").unlink()
+        drain(stub_broker, QUEUES["case_scanner"])
+
+        (folder / "READY").touch()
+
+        def scan_requested() -> bool:
+            return any(
+                m.args[1].get("folders") == ["QA-6"]
+                for m in drain(stub_broker, QUEUES["case_scanner"])
+            )
+
+        wait_for(scan_requested, 5, "a scan of QA-6 after its ready marker appeared")
+    finally:
+        triggers.stop()
+
+
 def test_only_one_scheduler_leads(tmp_path):
     first = FileLeaderLock(tmp_path / "leader.lock")
     second = FileLeaderLock(tmp_path / "leader.lock")

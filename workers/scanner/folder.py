@@ -11,13 +11,15 @@ at least one.  The rules:
 
 * the folder name is the case id and must be usable as one (:func:`case_id_problem`);
 * at least one readable RTPLAN among the files matching ``rtplan_globs``, and every RTPLAN
-  has beams (``IonBeamSequence`` or ``BeamSequence`` with items);
+  has beams (``IonBeamSequence`` or ``BeamSequence`` with items) and is whole (a file cut
+  short is refused, not read as a smaller plan);
 * every pattern in ``log_patterns`` matches at least one file;
 * plan and log files are not empty;
 * no entry is unreadable: a broken symbolic link, a folder where a file is expected, a
   device or FIFO, a permission problem;
-* no symbolic link points outside the case folder; such a link is never followed or read
-  (the folder is uploaded as a whole, so it would leak whatever it points at).
+* no symbolic link points outside the case folder, and the case folder itself is not a
+  link leading out of the watch directory; such a link is never followed or read (the
+  folder is uploaded as a whole, so it would leak whatever it points at).
 
 Glob patterns are matched case-insensitively (``PLAN.DCM`` is a ``*.dcm``).  A pattern
 without ``/`` matches a file name at any depth; one with ``/`` matches the path relative to
@@ -42,12 +44,14 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_ION_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.8"
 PLAN_SOP_CLASSES = frozenset({RT_PLAN_STORAGE, RT_ION_PLAN_STORAGE})
 CASE_ID_MAX_BYTES = 200
+UNDEFINED_LENGTH = 0xFFFFFFFF
 # A folder with thousands of broken files should not produce thousands of reasons.
 MAX_REASONS = 50
 
@@ -117,8 +121,9 @@ def iter_candidate_folders(
 
     Hidden entries are skipped, and so are names in ``skip`` (the known case ids: checked
     before a ``Path`` is built, which is most of the cost; 10,000 folders take ~40 ms
-    without ``skip`` and under 10 ms with it).  A symbolic link to a folder inside
-    ``watch_dir`` is a candidate; one pointing elsewhere is not followed.
+    without ``skip`` and under 10 ms with it).  A symbolic link to a folder is a candidate
+    too, so one pointing outside ``watch_dir`` becomes a visible invalid case
+    (:func:`inspect_case_folder` never reads it); a link to ``watch_dir`` itself is not.
     """
     real_watch_dir: str | None = None
     with os.scandir(watch_dir) as listing:
@@ -137,11 +142,7 @@ def iter_candidate_folders(
             if real_watch_dir is None:
                 real_watch_dir = os.path.realpath(watch_dir)
             target = os.path.realpath(entry.path)
-            if (
-                target != real_watch_dir
-                and _is_within(target, real_watch_dir)
-                and os.path.isdir(target)
-            ):
+            if target != real_watch_dir and os.path.isdir(target):
                 yield Path(entry.path)
 
 
@@ -156,6 +157,9 @@ def inspect_case_folder(
 ) -> FolderVerdict:
     """Decide whether the case folder at ``path`` is still being written, valid or invalid."""
     case_id = path.name
+    escape = folder_link_problem(path)
+    if escape:
+        return FolderVerdict(case_id, FolderState.READY_INVALID, [escape])
     try:
         walk = _walk(path, ready_marker)
     except (FileNotFoundError, NotADirectoryError):
@@ -184,6 +188,21 @@ def inspect_case_folder(
         rtplan_files=[path / rel for rel in checked.rtplans],
         log_files=[path / rel for rel in checked.logs],
         newest_mtime=walk.newest_mtime,
+    )
+
+
+def folder_link_problem(path: Path) -> str | None:
+    """Why a case folder that is a symbolic link leading out of the watch directory must not
+    be read (the upload would copy whatever it points at), or None."""
+    if not path.is_symlink():
+        return None
+    target = os.path.realpath(path)
+    parent = os.path.realpath(path.parent)
+    if target != parent and _is_within(target, parent):
+        return None
+    return (
+        f"the case folder is a symbolic link to {_shown(target)}, outside the watch "
+        "directory; it is not read: copy the case folder into the watch directory instead"
     )
 
 
@@ -373,6 +392,9 @@ def _read_plan(file: _File) -> tuple[bool, str | None, str]:
     shown = _shown(file.rel)
     try:
         dataset = pydicom.dcmread(file.read_path, stop_before_pixels=True)
+        cut = _cut_short(dataset)
+        if cut:
+            return False, f"{shown} is cut short ({cut}); copy the complete file again", ""
         modality = str(dataset.get("Modality", "") or "")
         sop_class = str(dataset.get("SOPClassUID", "") or "")
         if modality != "RTPLAN" and sop_class not in PLAN_SOP_CLASSES:
@@ -393,6 +415,25 @@ def _read_plan(file: _File) -> tuple[bool, str | None, str]:
             "",
         )
     return True, None, ""
+
+
+def _cut_short(dataset: pydicom.Dataset) -> str | None:
+    """How a truncated file shows, or None.
+
+    pydicom reads a file that ends early without complaint: the element at the cut keeps
+    the bytes that are there and everything after it (later beams, say) is simply missing.
+    A value shorter than its declared length gives the cut away.  Undefined-length
+    sequences cut short make pydicom raise instead (an ``OSError``).
+    """
+    for element in dataset.elements():
+        if (
+            isinstance(element, RawDataElement)
+            and element.length != UNDEFINED_LENGTH
+            and isinstance(element.value, bytes)
+            and len(element.value) < element.length
+        ):
+            return f"element {element.tag} holds {len(element.value)} of its {element.length} bytes"
+    return None
 
 
 # --- small helpers --------------------------------------------------------------------------

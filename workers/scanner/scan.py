@@ -32,16 +32,23 @@ class ScanResult:
 
 
 def case_id_for(folder_name: str) -> str:
-    """The case id for a folder: its name, shortened with a hash suffix when very long."""
-    if len(folder_name) <= CASE_ID_MAX:
+    """The case id for a folder: its name, shortened with a hash suffix when very long.
+
+    Folder names are bytes; one that is not valid UTF-8 is escaped (``caf\\xe9``) and gets
+    the hash suffix too, so it can neither be stored unescaped nor take the id of a folder
+    literally named like its escaped form.
+    """
+    raw = folder_name.encode("utf-8", "surrogateescape")
+    shown = _storable(folder_name)
+    if len(folder_name) <= CASE_ID_MAX and shown == folder_name:
         return folder_name
-    digest = hashlib.sha256(folder_name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return f"{folder_name[: CASE_ID_MAX - 14]}~{digest}"
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return f"{shown[: CASE_ID_MAX - 14]}~{digest}"
 
 
-def _storable(case_id: str) -> str:
-    # Folder names are bytes; one that is not valid UTF-8 is still reported, escaped.
-    return case_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def _storable(text: str) -> str:
+    # A name that is not valid UTF-8 carries surrogates, which no database column accepts.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
@@ -61,7 +68,7 @@ def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
         candidates = (watch_dir / name for name in sorted(names) if (watch_dir / name).is_dir())
     now = time.time()
     for path in candidates:
-        case_id = _storable(case_id_for(path.name))
+        case_id = case_id_for(path.name)
         if case_id in known:
             continue
         verdict = inspect_case_folder(
@@ -81,7 +88,7 @@ def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
             Command.NEW_CASE_FOUND,
             {
                 "case_id": case_id,
-                "source_path": str(path),
+                "source_path": _storable(str(path)),
                 "workflow": scanner.workflow,
                 "problems": problems,
             },
