@@ -7,7 +7,7 @@ write over a cancelled or superseded run.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db.models import Q
 from django.utils import timezone
@@ -23,8 +23,12 @@ def step_run_is_active(step_run_id: int) -> bool:
     return _active(step_run_id).exists()
 
 
-def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> bool:
-    """The worker has begun (or re-attached to) the step; False if it is no longer wanted."""
+def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> datetime | None:
+    """The worker has begun (or re-attached to) the step; None if it is no longer wanted.
+
+    Returns the heartbeat time written, which a poll chain carries as its token (see
+    :func:`step_run_heartbeat`).
+    """
     now = timezone.now()
     updated = _active(step_run_id).update(
         status=WorkflowStep.Status.RUNNING,
@@ -32,18 +36,54 @@ def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> bool:
         deadline=now + timedelta(seconds=deadline_sec),
     )
     _active(step_run_id).filter(started_at__isnull=True).update(started_at=now)
+    return now if updated == 1 else None
+
+
+def step_run_claim(*, step_run_id: int, deadline_sec: float) -> bool:
+    """Take a dispatched step run for this worker; False if another worker already has it.
+
+    A re-driven step run is dispatched again (see ``conductor.state.step_run_redrive``), so
+    a worker that died holding it is replaced, while a duplicate of the message that
+    arrives while a live worker works on it finds it running and is dropped.
+    """
+    now = timezone.now()
+    updated = (
+        _active(step_run_id)
+        .filter(status=WorkflowStep.Status.DISPATCHED)
+        .update(
+            status=WorkflowStep.Status.RUNNING,
+            heartbeat_at=now,
+            deadline=now + timedelta(seconds=deadline_sec),
+        )
+    )
+    _active(step_run_id).filter(started_at__isnull=True).update(started_at=now)
     return updated == 1
 
 
 def step_run_heartbeat(
-    *, step_run_id: int, deadline_sec: float, case_progress: int | None = None
-) -> bool:
-    """Push the step run's deadline forward, and move the case's progress bar forward."""
+    *,
+    step_run_id: int,
+    deadline_sec: float,
+    case_progress: int | None = None,
+    last_beat: datetime | None = None,
+) -> datetime | None:
+    """Push the step run's deadline forward, and move the case's progress bar forward.
+
+    Returns the heartbeat time written, or None when the run is no longer in flight.  With
+    ``last_beat`` it is a compare-and-swap: the beat happens only if the run's last
+    heartbeat is still ``last_beat``.  A poll chain passes its token on from poll to poll,
+    so a duplicated poll message, or a chain that a re-drive replaced, finds the token
+    changed and ends instead of multiplying.
+    """
     now = timezone.now()
     run = _active(step_run_id).values("case_id", "name").first()
     if run is None:
-        return False
-    _active(step_run_id).update(heartbeat_at=now, deadline=now + timedelta(seconds=deadline_sec))
+        return None
+    runs = _active(step_run_id)
+    if last_beat is not None:
+        runs = runs.filter(heartbeat_at=last_beat)
+    if not runs.update(heartbeat_at=now, deadline=now + timedelta(seconds=deadline_sec)):
+        return None
     if case_progress is not None:
         Case.objects.filter(
             Q(progress__lt=case_progress),
@@ -51,4 +91,4 @@ def step_run_heartbeat(
             status=Case.Status.PROCESSING,
             workflow_step=run["name"],
         ).update(progress=min(100, case_progress), updated_at=now)
-    return True
+    return now

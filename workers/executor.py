@@ -15,6 +15,7 @@ import logging
 import posixpath
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -36,12 +37,10 @@ from workers.transports.detached import (
 
 log = logging.getLogger(__name__)
 
-# Polls start fast (a short command is noticed within ~50 ms) and slow down to one every
+# Polls start fast (a short command is noticed within ~20 ms) and slow down to one every
 # few seconds for long simulations.
-FIRST_POLL_MS = 25
+FIRST_POLL_MS = 10
 MAX_POLL_MS = 3000
-# Each poll pushes the step run's deadline this far; past it the reconciler re-drives.
-HEARTBEAT_SEC = 120
 # Consecutive polls that could not reach the host before the step counts as failed
 # (transiently: the conductor's retry budget decides what happens next).
 MAX_UNREACHABLE_POLLS = 100
@@ -121,7 +120,7 @@ def _fail(run: StepRun, kind: str, message: str, status: RunStatus | None = None
     _report(run, Command.EXECUTION_FAILED, error_kind=kind, error_message=message, **tails)
 
 
-def _poll_again(run: StepRun, *, offset: int, polls: int, unreachable: int) -> None:
+def _poll_again(run: StepRun, *, offset: int, polls: int, unreachable: int, beat: datetime) -> None:
     delay = min(MAX_POLL_MS, FIRST_POLL_MS * 2**polls)
     payload = {
         "case_id": run.case_id,
@@ -129,8 +128,15 @@ def _poll_again(run: StepRun, *, offset: int, polls: int, unreachable: int) -> N
         "offset": offset,
         "polls": polls + 1,
         "unreachable": unreachable,
+        # the chain's token: only the poll that finds it unchanged goes on (see follow)
+        "beat": beat.isoformat(),
     }
     send(REMOTE_EXECUTOR, Command.POLL_COMMAND, payload, delay_ms=delay)
+
+
+def _grace_sec(config: Config) -> float:
+    # Each poll pushes the step run's deadline this far; past it the reconciler re-drives.
+    return config.conductor.dispatch_grace_sec
 
 
 def _environment(run: StepRun) -> dict[str, str]:
@@ -165,14 +171,28 @@ def execute(payload: dict[str, Any]) -> None:
             env=_environment(run),
         )
     except TransportError as exc:
-        _fail(run, ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT, str(exc))
+        if exc.permanent:
+            _fail(run, ErrorKind.PERMANENT, str(exc))
+            return
+        # The connection may have dropped after the command started (or this re-drive meets
+        # a host that is down while the command runs): a new attempt could run it twice.
+        # Poll instead, as for any unreachable host; a poll that finds no trace of the
+        # command fails this attempt (transiently), so the retry starts it exactly once.
+        log.warning("%s: cannot reach %s (%s); will look again", run.step.name, run.host, exc)
+        beat = step_run_mark_running(step_run_id=run.id, deadline_sec=_grace_sec(config))
+        if beat is not None:
+            _poll_again(
+                run, offset=int(payload.get("offset", 0)), polls=0, unreachable=1, beat=beat
+            )
         return
     log.info("%s %s on %s", run.step.name, "started" if started else "re-attached", run.host)
-    if not step_run_mark_running(step_run_id=run.id, deadline_sec=HEARTBEAT_SEC):
+    beat = step_run_mark_running(step_run_id=run.id, deadline_sec=_grace_sec(config))
+    if beat is None:
         # Cancelled between our look and the start: the cancel found nothing to kill.
         kill_group(transport, run.run_dir)
         return
-    _poll_again(run, offset=int(payload.get("offset", 0)), polls=0, unreachable=0)
+    # A new poll chain; one left from an earlier delivery finds its token changed and ends.
+    _poll_again(run, offset=int(payload.get("offset", 0)), polls=0, unreachable=0, beat=beat)
 
 
 def _progress(run: StepRun, lines: list[str]) -> int | None:
@@ -198,6 +218,7 @@ def follow(payload: dict[str, Any]) -> None:
     offset = int(payload.get("offset", 0))
     polls = int(payload.get("polls", 0))
     unreachable = int(payload.get("unreachable", 0))
+    last_beat = datetime.fromisoformat(payload["beat"]) if payload.get("beat") else None
     try:
         status = poll(transport, run.run_dir, tail_bytes=TAIL_BYTES)
         chunk = (
@@ -209,22 +230,29 @@ def follow(payload: dict[str, Any]) -> None:
             _fail(run, kind, f"lost track of the command: {exc}")
             return
         log.warning("%s: cannot reach %s (%s); will look again", run.step.name, run.host, exc)
-        step_run_heartbeat(step_run_id=run.id, deadline_sec=HEARTBEAT_SEC)
-        _poll_again(run, offset=offset, polls=polls, unreachable=unreachable + 1)
+        beat = step_run_heartbeat(
+            step_run_id=run.id, deadline_sec=_grace_sec(config), last_beat=last_beat
+        )
+        if beat is not None:
+            _poll_again(run, offset=offset, polls=polls, unreachable=unreachable + 1, beat=beat)
         return
     progress = None
     if chunk is not None:
         offset = chunk.next_offset
         progress = _progress(run, chunk.lines)
-    if not step_run_heartbeat(
-        step_run_id=run.id, deadline_sec=HEARTBEAT_SEC, case_progress=progress
-    ):
-        return  # cancelled while we looked
+    beat = step_run_heartbeat(
+        step_run_id=run.id,
+        deadline_sec=_grace_sec(config),
+        case_progress=progress,
+        last_beat=last_beat,
+    )
+    if beat is None:
+        return  # cancelled while we looked, or a duplicate poll: another one goes on
     if status.state == RunState.RUNNING:
         if _timed_out(run):
-            _timeout(run, transport)
+            _timeout(run, transport, beat)
         else:
-            _poll_again(run, offset=offset, polls=polls, unreachable=0)
+            _poll_again(run, offset=offset, polls=polls, unreachable=0, beat=beat)
     elif status.state == RunState.EXITED and status.exit_code == 0:
         _report(
             run,
@@ -253,12 +281,12 @@ def _timed_out(run: StepRun) -> bool:
     )
 
 
-def _timeout(run: StepRun, transport: Transport) -> None:
+def _timeout(run: StepRun, transport: Transport, beat: datetime) -> None:
     try:
         kill_group(transport, run.run_dir)
     except TransportError as exc:
         log.warning("%s: timeout kill failed (%s); will try again", run.step.name, exc)
-        _poll_again(run, offset=0, polls=10, unreachable=0)
+        _poll_again(run, offset=0, polls=10, unreachable=0, beat=beat)
         return
     status = poll(transport, run.run_dir, tail_bytes=TAIL_BYTES)
     _fail(

@@ -15,28 +15,30 @@ from pathlib import Path
 from typing import Any
 
 from cases.models import WorkflowStep
-from cases.services import step_run_heartbeat, step_run_mark_running
+from cases.services import step_run_claim, step_run_heartbeat
 from mqi_site.config import get_config
 from mqi_site.messaging import CONDUCTOR, Command, ErrorKind, send
 from workers.hosts import ensure_remote_dir, transport_for
+from workers.scanner.folder import folder_link_problem
 from workers.transports import TransportError
 from workers.transports.transfer import TransferReport, download_tree, upload_tree
 
 log = logging.getLogger(__name__)
 
-# Deadline pushed forward while a transfer runs; refreshed at most every HEARTBEAT_EVERY_SEC.
-HEARTBEAT_SEC = 300
+# While files move, the step run's deadline is pushed ``conductor.dispatch_grace_sec``
+# ahead, at most every HEARTBEAT_EVERY_SEC (and at least three times per grace period).
 HEARTBEAT_EVERY_SEC = 10
 
 
-def _heartbeat(step_run_id: int):
+def _heartbeat(step_run_id: int, grace_sec: float):
     last = time.monotonic()
+    every = min(HEARTBEAT_EVERY_SEC, grace_sec / 3)
 
     def beat(report: TransferReport) -> None:
         nonlocal last
-        if time.monotonic() - last >= HEARTBEAT_EVERY_SEC:
+        if time.monotonic() - last >= every:
             last = time.monotonic()
-            if not step_run_heartbeat(step_run_id=step_run_id, deadline_sec=HEARTBEAT_SEC):
+            if not step_run_heartbeat(step_run_id=step_run_id, deadline_sec=grace_sec):
                 raise TransferCancelled(f"step run {step_run_id} is no longer wanted")
 
     return beat
@@ -57,9 +59,14 @@ def handle(command: str, payload: dict[str, Any]) -> None:
     config = get_config()
     case = row.case
     outcome = {"case_id": case.case_id, "step_run_id": row.pk}
-    step_run_mark_running(step_run_id=row.pk, deadline_sec=HEARTBEAT_SEC)
+    grace_sec = config.conductor.dispatch_grace_sec
+    if not step_run_claim(step_run_id=row.pk, deadline_sec=grace_sec):
+        # A duplicate of the message while another worker moves these files: two copies
+        # into the same temporary names would trip over each other.
+        log.info("%s: already taken by another worker; this message is a duplicate", row.name)
+        return
     transport = transport_for(row.host)
-    beat = _heartbeat(row.pk)
+    beat = _heartbeat(row.pk, grace_sec)
     try:
         if command == Command.UPLOAD_CASE:
             source = Path(case.source_path)
@@ -85,7 +92,7 @@ def handle(command: str, payload: dict[str, Any]) -> None:
             {**outcome, "error_kind": kind, "error_message": str(exc)},
         )
         return
-    step_run_heartbeat(step_run_id=row.pk, deadline_sec=HEARTBEAT_SEC)
+    step_run_heartbeat(step_run_id=row.pk, deadline_sec=grace_sec)
     log.info("%s: %s", row.name, _describe(report))
     send(CONDUCTOR, done, {**outcome, "stdout_tail": _describe(report)})
 
@@ -97,6 +104,11 @@ def _upload(transport, source: Path, remote_dir: str, beat) -> TransferReport:
             "after it was found); put it back and retry the case",
             permanent=True,
         )
+    # Checked again here: the folder may have been swapped for a link since it was scanned,
+    # and a retry from the start uploads without scanning.
+    escape = folder_link_problem(source)
+    if escape:
+        raise TransportError(f"{source}: {escape}", permanent=True)
     ensure_remote_dir(transport, str(Path(remote_dir).parent))
     return upload_tree(transport, source, remote_dir, on_progress=beat)
 

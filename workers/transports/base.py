@@ -143,8 +143,9 @@ class Transport(Protocol):
         """Run a POSIX ``sh`` script (stdin is empty) and wait for it, at most ``timeout`` s.
 
         A non-zero exit is a normal result, not an error; a command killed by a signal has
-        exit code -1. Raises a transient :class:`TransportError` on timeout or a lost
-        connection; it is not retried on its own, since a script that was sent may have run.
+        exit code -1 (over SSH: 128 + the signal number, as the remote shell reports it).
+        Raises a transient :class:`TransportError` on timeout or a lost connection; it is not
+        retried on its own, since a script that was sent may have run.
         Keep scripts under ~100 KiB (they travel as one ``sh -c`` argument).
         """
         ...

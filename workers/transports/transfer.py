@@ -76,12 +76,12 @@ def upload_tree(
 ) -> TransferReport:
     """Copy the folder ``local_dir`` (on this machine) to ``remote_dir`` on ``transport``.
 
-    ``on_progress`` is called with the report so far after every file sent (a long transfer
-    uses it to tell the conductor it is alive)."""
+    ``on_progress`` is called with the report so far after every chunk and file sent (a
+    long transfer uses it to tell the conductor it is alive)."""
     local = LocalTransport()
     source = _Tree(local, _local_root(local_dir), local=True)
     destination = _Tree(transport, _remote_root(remote_dir, transport), local=False)
-    return _Copy(source, destination).run()
+    return _Copy(source, destination, on_progress).run()
 
 
 def download_tree(
@@ -95,7 +95,7 @@ def download_tree(
     local = LocalTransport()
     source = _Tree(transport, _remote_root(remote_dir, transport), local=False)
     destination = _Tree(local, _local_root(local_dir), local=True)
-    return _Copy(source, destination).run()
+    return _Copy(source, destination, on_progress).run()
 
 
 def part_name(name: str) -> str:
@@ -419,6 +419,8 @@ class _Copy:
                 writer.write(chunk)
                 remaining -= len(chunk)
                 self.report.bytes_sent += len(chunk)
+                if self.on_progress is not None:  # a big file takes a while
+                    self.on_progress(self.report)
         item.local_sha256 = digest.hexdigest()
 
     def _hash_kept_part(self, item: _File) -> hashlib._Hash | None:

@@ -1,0 +1,1 @@
+from tests.harness import production  # noqa: F401  (the fixture)

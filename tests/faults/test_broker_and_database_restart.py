@@ -1,0 +1,63 @@
+"""Faults (e) and (f): the broker loses every message, the database restarts.
+
+Both run against private instances started by the test, never the machine's own services.
+(e) Redis is flushed and restarted mid-run: every queued, delayed and unacknowledged message
+is gone; the scheduler takes the lead again and the reconciler re-drives each case from the
+database.  (f) PostgreSQL restarts mid-run (a fast shutdown, then a crash-like immediate
+one): handlers that meet the dead connection fail and Dramatiq retries them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tests.harness import standard_batch
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def test_redis_flushed_and_restarted_mid_run_loses_no_case(production, private_redis, tmp_path):
+    system = production(hosts=1, gpus_per_host=3, redis_url=private_redis.url)
+    staging, batch = standard_batch(tmp_path, seed=7)
+    started = time.monotonic()
+    system.start()
+    system.drop(staging, batch)
+
+    for finished in (4, 11):
+        system.wait_until(lambda n=finished: system.finished() >= n, f"{finished} cases finished")
+        redis.Redis.from_url(private_redis.url).flushall()  # the private instance only
+        private_redis.kill()
+        time.sleep(2)
+        private_redis.start()
+
+    figures = system.finish(
+        "(e) Redis flushed and restarted",
+        batch,
+        started=started,
+        faults="2 x FLUSHALL + redis-server killed for 2 s, after 4 and 11 cases",
+    )
+    assert figures.problems == []
+
+
+def test_postgres_restarted_mid_run_loses_no_case(production, private_postgres, tmp_path):
+    system = production(hosts=1, gpus_per_host=3, database_url=private_postgres.url)
+    system.migrate()
+    staging, batch = standard_batch(tmp_path, seed=8)
+    started = time.monotonic()
+    system.start()
+    system.drop(staging, batch)
+
+    for finished, mode in ((4, "fast"), (11, "immediate")):
+        system.wait_until(lambda n=finished: system.finished() >= n, f"{finished} cases finished")
+        private_postgres.restart(mode=mode)
+
+    figures = system.finish(
+        "(f) PostgreSQL restarted",
+        batch,
+        started=started,
+        faults="pg_ctl restart -m fast after 4 cases, -m immediate after 11",
+    )
+    assert figures.problems == []
