@@ -24,7 +24,19 @@ from typing import Protocol
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from mqi_site.config import Config
@@ -34,6 +46,22 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "mqi:scheduler-leader"
 LOCK_TTL_SEC = 15
+# The events that can make a case folder complete.  Not "opened" and "closed without
+# writing": every directory listing causes those, and the recursive watch lists each
+# folder when it sets up, so with a few thousand case folders in the watched directory
+# they overflow the kernel's event queue; watchdog then lists everything again, and the
+# loop loses every event (measured with 5,000 folders; bench/RESULTS.md).
+FOLDER_EVENTS = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+]
 
 
 class LeaderLock(Protocol):
@@ -192,7 +220,10 @@ class Triggers:
             watch_dir.mkdir(parents=True, exist_ok=True)
             self.observer = Observer()
             self.observer.schedule(
-                _FolderEvents(watch_dir, self._folder_changed), str(watch_dir), recursive=True
+                _FolderEvents(watch_dir, self._folder_changed),
+                str(watch_dir),
+                recursive=True,
+                event_filter=FOLDER_EVENTS,
             )
             self.observer.start()
             # Events come in bursts while a folder is copied: send them in small batches.

@@ -69,6 +69,9 @@ def transport_for(name: str) -> Transport:
 
 def ensure_remote_dir(transport: Transport, path: str) -> None:
     """``mkdir -p`` through the transport's one-level ``mkdir``."""
+    existing = transport.stat(path)
+    if existing is not None and existing.is_dir:
+        return  # the usual case after a case's first step: one round trip, not two per level
     parts = path.strip("/").split("/")
     for depth in range(1, len(parts) + 1):
         transport.mkdir("/" + "/".join(parts[:depth]))

@@ -38,6 +38,9 @@ from workers.transports.base import CommandResult, Transport, TransportError
 COMMAND_TIMEOUT_SEC = 30.0
 START_WAIT_SEC = 10.0
 POLL_INTERVAL_SEC = 0.05
+# The wrapper writes its pgid file within milliseconds of its start, and every step waits
+# for it: look more often than the kill loops do (they scan /proc on each look).
+START_POLL_INTERVAL_SEC = 0.005
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Shell functions shared by the scripts below. A process counts as alive unless it is a
@@ -121,7 +124,8 @@ n=%(tail_bytes)d
 if [ ! -d "$d" ]; then echo "state missing"; exit 0; fi
 pgid=$(cat "$d/pgid" 2>/dev/null)
 alive=0
-if wrapper_alive; then alive=1
+if [ -e "$d/exit_code" ]; then :  # ended: its exit code decides, skip the /proc scan below
+elif wrapper_alive; then alive=1
 elif [ -n "$pgid" ] && same_boot && group_alive; then alive=1
 fi
 # read the exit code only after the liveness check: the wrapper writes it just before it ends
@@ -222,8 +226,8 @@ def start_detached(
         "parent": shlex.quote(posixpath.dirname(run_dir.rstrip("/"))),
         "command": shlex.quote(command),
         "wrapper": shlex.quote(_WRAPPER % {"exports": exports or "  :"}),
-        "start_polls": math.ceil(START_WAIT_SEC / POLL_INTERVAL_SEC),
-        "interval": POLL_INTERVAL_SEC,
+        "start_polls": math.ceil(START_WAIT_SEC / START_POLL_INTERVAL_SEC),
+        "interval": START_POLL_INTERVAL_SEC,
     }
     result = transport.run(script, timeout=COMMAND_TIMEOUT_SEC + START_WAIT_SEC)
     marker = result.stdout.strip()

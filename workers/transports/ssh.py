@@ -13,6 +13,7 @@ harmless; :meth:`SSHTransport.run` is retried only if the command never reached 
 from __future__ import annotations
 
 import logging
+import secrets
 import select
 import shlex
 import socket
@@ -114,7 +115,9 @@ def _load_key(target: SSHTarget) -> paramiko.PKey:
         ) from None
 
 
-def _connect_error(target: SSHTarget, exc: BaseException) -> TransportError:
+def _connect_error(
+    target: SSHTarget, exc: BaseException, *, dropped: bool = False
+) -> TransportError:
     where = f"ssh {target.address}"
     known_hosts = target.known_hosts_file
     if isinstance(exc, _UnknownHostKeyError):
@@ -134,6 +137,13 @@ def _connect_error(target: SSHTarget, exc: BaseException) -> TransportError:
             "then replace the entry "
             f"(`ssh-keygen -R '{target.known_hosts_name}' -f {known_hosts}`)",
             permanent=True,
+        )
+    if isinstance(exc, paramiko.AuthenticationException) and dropped:
+        # paramiko reports a connection lost mid-authentication (sshd restarting) as an
+        # authentication failure; a server that refuses the key keeps the connection open.
+        return TransportError(
+            f"{where}: the connection closed during authentication; will retry",
+            permanent=False,
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return TransportError(
@@ -192,12 +202,15 @@ class _Connection:
                 transport_factory=_make_paramiko_transport,
             )
         except _PARAMIKO_ERRORS as exc:
+            session = client.get_transport()
+            dropped = session is None or not session.is_active()
             client.close()
-            raise _connect_error(target, exc) from exc
+            raise _connect_error(target, exc, dropped=dropped) from exc
         self.client = client
         self.transport: paramiko.Transport = client.get_transport()  # type: ignore[assignment]
         self.transport.set_keepalive(target.keepalive_sec)
         self._sftp: paramiko.SFTPClient | None = None
+        self._shell: _Shell | None = None
 
     @property
     def alive(self) -> bool:
@@ -217,8 +230,87 @@ class _Connection:
             self._sftp = sftp
         return self._sftp
 
+    def shell(self, deadline: float) -> _Shell:
+        """The connection's shell, started on first use or when the last one ended."""
+        if self._shell is None or not self._shell.usable:
+            self.discard_shell()
+            self._shell = _Shell(self.transport, self.target.connect_timeout_sec, deadline)
+        return self._shell
+
+    def discard_shell(self) -> None:
+        if self._shell is not None:
+            self._shell.channel.close()
+            self._shell = None
+
     def close(self) -> None:
-        self.client.close()  # closes the SFTP channel with the transport
+        self.client.close()  # closes the SFTP and shell channels with the transport
+
+
+class _ShellLost(Exception):
+    """The shell's channel closed before the command's end markers arrived."""
+
+
+class _ShellTimeout(Exception):
+    """The deadline passed before the command's end markers arrived."""
+
+
+class _Shell:
+    """One plain ``/bin/sh`` per connection that runs every command sent over it.
+
+    sshd runs each exec request through the user's login shell, and bash then reads
+    ``~/.bashrc`` (Debian's bash does so for commands from sshd): on GPU servers that is
+    often conda, pyenv or module set-ups costing 0.1 to 0.5 s per command, paid by every poll
+    of every step.  This shell pays it once per connection.  Each command runs as a child,
+    ``/bin/sh -c SCRIPT </dev/null``, so it cannot read the commands after it; its end is
+    a marker line with the exit status on stdout and a marker line on stderr, with a random
+    marker per command.  A script must not leave processes writing to its stdout or stderr
+    (detached commands redirect theirs).
+    """
+
+    def __init__(self, transport: paramiko.Transport, open_timeout: float, deadline: float):
+        self.channel = transport.open_session(timeout=open_timeout)
+        try:
+            self.channel.exec_command("exec /bin/sh")
+            self.execute(":", deadline)  # whatever rc files print comes before its markers
+        except BaseException:
+            self.channel.close()
+            raise
+
+    @property
+    def usable(self) -> bool:
+        return not (self.channel.closed or self.channel.eof_received)
+
+    def execute(self, command: str, deadline: float) -> tuple[int, bytes, bytes]:
+        """Run ``command`` (shell text) and return its exit status, stdout and stderr."""
+        mark = f"MQI-END-{secrets.token_hex(8)}"
+        self.channel.sendall(
+            f"{command} </dev/null; printf '\\n%s %d\\n' {mark} $?; "
+            f"printf '\\n%s\\n' {mark} >&2\n".encode()
+        )
+        stdout, stderr = bytearray(), bytearray()
+        code: int | None = None
+        stderr_done = False
+        out_mark, err_mark = f"\n{mark} ".encode(), f"\n{mark}\n".encode()
+        while True:
+            _drain(self.channel, stdout, stderr)
+            start = stdout.find(out_mark)
+            end = stdout.find(b"\n", start + len(out_mark)) if start >= 0 else -1
+            if code is None and end >= 0:
+                code = int(stdout[start + len(out_mark) : end])
+                del stdout[start:]
+            start = stderr.find(err_mark)
+            if not stderr_done and start >= 0:
+                stderr_done = True
+                del stderr[start:]
+            if code is not None and stderr_done:
+                return code, bytes(stdout), bytes(stderr)
+            if not self.usable and not self.channel.recv_ready():
+                raise _ShellLost
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _ShellTimeout
+            # the channel's fileno becomes readable on data, EOF and close (a paramiko pipe)
+            select.select([self.channel], [], [], remaining)
 
 
 def _connections() -> dict[SSHTarget, _Connection]:
@@ -314,35 +406,34 @@ class SSHTransport:
         if len(command.encode()) > MAX_SCRIPT_BYTES:
             raise ValueError(f"script is {len(command)} bytes; the limit is {MAX_SCRIPT_BYTES}")
         deadline = time.monotonic() + timeout
-        # opening the channel is harmless to repeat: nothing ran yet
-        connection, channel = self._call(
-            "open a session for",
-            "sh",
-            lambda c: (c, c.transport.open_session(timeout=c.target.connect_timeout_sec)),
-        )
         try:
-            channel.exec_command(command)
-            channel.shutdown_write()
-            stdout, stderr = _collect_output(channel, deadline)
-        except TimeoutError:
-            channel.close()
+            # starting the shell is harmless to repeat: nothing ran yet
+            connection, shell = self._call(
+                "start a shell for", "sh", lambda c: (c, c.shell(deadline))
+            )
+            try:
+                exit_code, stdout, stderr = shell.execute(command, deadline)
+            except (_ShellLost, _ShellTimeout):
+                connection.discard_shell()
+                raise
+            except _PARAMIKO_ERRORS as exc:
+                connection.discard_shell()
+                raise self._error(exc, connection, "run", "sh") from exc
+        except _ShellTimeout:
             raise TransportError(
                 f"{self.description}: command did not finish within {timeout:g}s "
                 "(it may still be running there); will retry",
                 permanent=False,
             ) from None
-        except _PARAMIKO_ERRORS as exc:
-            raise self._error(exc, connection, "run", "sh") from exc
-        exit_code = channel.recv_exit_status()
-        alive = connection.alive
-        channel.close()
-        if exit_code == -1 and not alive:
-            self._drop(connection)
+        except _ShellLost:
+            connection = _connections().get(self.target)
+            if connection is not None and not connection.alive:
+                self._drop(connection)
             raise TransportError(
                 f"{self.description}: connection lost while a command ran (it may have "
                 "run); will reconnect",
                 permanent=False,
-            )
+            ) from None
         return CommandResult(
             exit_code=exit_code,
             stdout=stdout.decode("utf-8", "replace"),
@@ -583,24 +674,6 @@ def _stat_or_none(sftp: paramiko.SFTPClient, path: str) -> FileStat | None:
         return _file_stat(path, sftp.stat(path))
     except FileNotFoundError:
         return None
-
-
-def _collect_output(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
-    """Read stdout and stderr until the command ends; ``TimeoutError`` at the deadline."""
-    stdout, stderr = bytearray(), bytearray()
-    while not (channel.closed or channel.eof_received):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        # the channel's fileno becomes readable on data, EOF and close (a paramiko pipe)
-        select.select([channel], [], [], remaining)
-        _drain(channel, stdout, stderr)
-    # no more output will come, but the command may outlive its stdout: wait for its end
-    # (status_event is also set when the channel or the connection closes)
-    if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
-        raise TimeoutError
-    _drain(channel, stdout, stderr)
-    return bytes(stdout), bytes(stderr)
 
 
 def _drain(channel: paramiko.Channel, stdout: bytearray, stderr: bytearray) -> None:
