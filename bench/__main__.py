@@ -1,0 +1,125 @@
+"""``python -m bench``: every benchmark, a table on stdout, the figures in bench/RESULTS.md.
+
+Use ``bench/run`` (it installs and starts what is needed first).  ``--only hop,admin`` runs
+some benchmarks (and writes RESULTS.md only with ``--write``); ``--quick`` takes fewer
+samples, for trying the bench itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+
+from bench import infra
+
+# name -> (module, function); in the order they run
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "hop": ("bench.conductor", "hop_latency"),
+    "throughput": ("bench.conductor", "throughput"),
+    "handoff": ("bench.conductor", "gpu_handoff"),
+    "transfers": ("bench.transfers", "transfers"),
+    "scanner": ("bench.scanner", "scanner"),
+    "step_overhead": ("bench.steps", "step_overhead"),
+    "utilization": ("bench.utilization", "gpu_utilization"),
+    "admin": ("bench.admin_scale", "admin_scale"),
+}
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer samples (not for RESULTS.md)")
+    parser.add_argument("--write", action="store_true", help="write RESULTS.md after --only")
+    parser.add_argument(
+        "--worker-timeout-ms",
+        type=int,
+        default=10,
+        help="dramatiq_worker_timeout of the worker processes (default 10)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    return parser.parse_args(argv)
+
+
+def _setup_django(root: Path) -> None:
+    config = root / "config-initial.yaml"
+    config.write_text(yaml.safe_dump(infra.sample_config(root), sort_keys=False))
+    os.environ.update(
+        DATABASE_URL=infra.DATABASE_URL,
+        REDIS_URL=infra.REDIS_URL,
+        DJANGO_SETTINGS_MODULE="mqi_site.settings",
+        MQI_CONFIG=str(config),
+        MQI_DATA_DIR=str(root / "data"),
+        MQI_LOG_LEVEL="WARNING",
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def main(argv: list[str]) -> int:
+    args = _arguments(argv)
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = only - set(BENCHMARKS)
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    options = infra.Options(worker_timeout_ms=args.worker_timeout_ms, quick=args.quick, only=only)
+    root = Path(tempfile.mkdtemp(prefix="mqi-bench-"))
+    from bench import report
+
+    machine = report.machine_facts()
+    started = time.monotonic()
+    infra.create_database()
+    context = infra.Context(root, options, infra.Processes(root / "logs"))
+    results: list[tuple[str, infra.Outcome | None, str]] = []
+    try:
+        _setup_django(root)
+        for name, (module, function) in BENCHMARKS.items():
+            if only and name not in only:
+                continue
+            print(f"== {name}", file=sys.stderr, flush=True)
+            begun = time.monotonic()
+            try:
+                outcome = getattr(importlib.import_module(module), function)(context)
+                results.append((name, outcome, ""))
+            except Exception as exc:  # noqa: BLE001 (one broken benchmark must not hide the rest)
+                traceback.print_exc()
+                results.append((name, None, f"{type(exc).__name__}: {exc}"))
+            finally:
+                context.processes.stop_all()
+            print(f"   {time.monotonic() - begun:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        context.close()
+        from django.db import connections
+
+        connections.close_all()
+        infra.drop_database()
+        if args.keep:
+            print(f"work folder kept: {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    machine["duration"] = f"{time.monotonic() - started:.0f} s"
+    machine["load_end"] = report.load_average()
+    machine["options"] = " ".join(argv) or "(defaults)"
+    print(report.table(results))
+    if (not only and not args.quick) or args.write:
+        path = report.write_results(results, machine, options)
+        print(f"\nwritten: {path}")
+    failed = [name for name, outcome, _ in results if outcome is None]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
