@@ -9,6 +9,7 @@ goes to with a blocking ``BLPOP`` on Dramatiq's Redis list (nothing else consume
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
@@ -37,7 +38,7 @@ from mqi_site.messaging import CONDUCTOR, QUEUES, REMOTE_EXECUTOR, Command, send
 
 EXECUTOR_QUEUE = QUEUES[REMOTE_EXECUTOR]
 TRANSFER_QUEUE = "file_transfer_queue"
-CONDUCTOR_THREADS = 4
+CONDUCTOR_THREADS = int(os.environ.get("MQI_BENCH_CONDUCTOR_THREADS", "4"))
 NOOP_QUEUE = "bench_noop"
 
 

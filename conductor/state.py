@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from cases.models import Case, CaseEvent, WorkflowStep
@@ -122,7 +122,8 @@ def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any
             return False
         case, run = locked
         _finish_run(run, WorkflowStep.Status.SUCCEEDED, outcome)
-        _advance_locked(case, config)
+        # the run just finished was the case's one active run (a database constraint)
+        _advance_locked(case, config, run_in_flight=False)
     return True
 
 
@@ -376,11 +377,13 @@ def _lock_current_run(
     step_run_id: int, command: str, outcome: dict[str, Any]
 ) -> tuple[Case, WorkflowStep] | None:
     """Lock the case and its step run if the run is in flight; record and drop it if not."""
-    case_pk = WorkflowStep.objects.filter(pk=step_run_id).values_list("case_id", flat=True).first()
-    if case_pk is None:
+    # One statement finds and locks the case (only the case: runs are locked after it)
+    case = (
+        Case.objects.select_for_update(of=("self",)).filter(steps__pk=step_run_id).first()
+    )
+    if case is None:
         log.warning("outcome %s for unknown step run %s ignored", command, step_run_id)
         return None
-    case = _lock_case(case_pk)
     run = WorkflowStep.objects.select_for_update().get(pk=step_run_id)
     route = STEP_ROUTES.get(run.type)
     expected = route is not None and command in (route.success, route.failure)
@@ -401,7 +404,30 @@ def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None
     if status == WorkflowStep.Status.FAILED:
         run.error_kind = outcome.get("error_kind") or ErrorKind.PERMANENT
         run.error_message = outcome.get("error_message") or ""
-    run.save()
+    run.save(update_fields=_FINISH_FIELDS)
+
+
+_FINISH_FIELDS = [
+    "status",
+    "finished_at",
+    "exit_code",
+    "stdout_tail",
+    "stderr_tail",
+    "error_kind",
+    "error_message",
+]
+# what moving a case to a step (or making it wait for one) changes; a retry also clears
+# the error and the end time before it moves the case
+_MOVE_FIELDS = [
+    "status",
+    "workflow_step",
+    "progress",
+    "host",
+    "error_kind",
+    "error_message",
+    "finished_at",
+    "updated_at",
+]
 
 
 def _active_run(case: Case) -> WorkflowStep | None:
@@ -415,7 +441,8 @@ def _step_spec(config: Config, case: Case, name: str) -> StepSpec | None:
         return None
 
 
-def _advance_locked(case: Case, config: Config) -> None:
+def _advance_locked(case: Case, config: Config, *, run_in_flight: bool | None = None) -> None:
+    """``run_in_flight=False`` when the caller knows the case has no active step run."""
     if case.is_terminal:
         return
     steps = config.workflows.get(case.workflow)
@@ -427,7 +454,7 @@ def _advance_locked(case: Case, config: Config) -> None:
             spec = workflow.first_step(steps)
         elif case.status == Case.Status.PENDING_RESOURCE:
             spec = workflow.step_named(steps, case.workflow_step)
-        elif _active_run(case) is not None:
+        elif run_in_flight is not False and _active_run(case) is not None:
             return  # a step is in flight; its outcome will move the case on
         else:
             spec = workflow.next_step(steps, case.workflow_step)
@@ -453,7 +480,7 @@ def _start_or_wait(case: Case, spec: StepSpec, config: Config) -> None:
             became_waiting = case.status != Case.Status.PENDING_RESOURCE
             case.status = Case.Status.PENDING_RESOURCE
             case.workflow_step = spec.name
-            case.save()
+            case.save(update_fields=_MOVE_FIELDS)
             if became_waiting:
                 _event(case, "waiting_for_gpu", f"{spec.name} waits for a free GPU")
                 # A GPU released after our look but before our commit would find no
@@ -461,15 +488,14 @@ def _start_or_wait(case: Case, spec: StepSpec, config: Config) -> None:
                 transaction.on_commit(_wake_if_gpu_free)
             return
     elif gpu is not None:
-        release_gpu(case=case)
-        transaction.on_commit(_advance_waiting_after_release)
+        _hand_over(release_gpu(case=case), config)
         gpu = None
     if not case.host:
         case.host = gpu.host if gpu is not None else config.default_host
     case.status = Case.Status.PROCESSING
     case.workflow_step = spec.name
     case.progress = spec.progress
-    case.save()
+    case.save(update_fields=_MOVE_FIELDS)
     _dispatch(case, spec, gpu, config)
 
 
@@ -558,8 +584,9 @@ def _end(case: Case, status: str, error_kind: str = "", message: str = "") -> No
     if status == Case.Status.COMPLETED:
         case.progress = 100
     case.save()
-    if release_gpu(case=case) is not None:
-        transaction.on_commit(_advance_waiting_after_release)
+    released = release_gpu(case=case)
+    if released is not None:
+        _hand_over(released, get_config())
 
 
 def _event(
@@ -572,6 +599,28 @@ def _event(
     if notifications.wants_notification(kind):
         send_on_commit(NOTIFIER, Command.NOTIFY, {"case_id": case.case_id, "event_id": event.pk})
     return event
+
+
+def _hand_over(gpu: GPUResource | None, config: Config) -> None:
+    """Give a GPU released in this transaction to the first waiting case, in this transaction.
+
+    The next case's command then leaves with the commit that freed the GPU, instead of after
+    another round of queries and a transaction of its own.  The waiting case is locked with
+    SKIP LOCKED (never waited for, so no lock-order deadlock with the case already held);
+    when none can be taken here, every waiting case is looked at after the commit.
+    """
+    if gpu is not None and gpu.status == GPUResource.Status.AVAILABLE:
+        first = (
+            Case.objects.select_for_update(skip_locked=True)
+            .filter(Q(host="") | Q(host=gpu.host), status=Case.Status.PENDING_RESOURCE)
+            .order_by("-priority", "created_at", "pk")
+            .first()
+        )
+        if first is not None:
+            _advance_locked(first, config)
+            if first.status == Case.Status.PROCESSING:
+                return
+    transaction.on_commit(_advance_waiting_after_release)
 
 
 def _advance_waiting_after_release() -> None:

@@ -19,14 +19,12 @@ def gpu_held_by(case: Case) -> GPUResource | None:
 
 
 def reserve_gpu(*, case: Case, host: str | None = None) -> GPUResource | None:
-    """Give ``case`` a free GPU (on ``host`` when given); a case holding one keeps it.
+    """Give ``case``, which holds no GPU (see :func:`gpu_held_by`), a free one.
 
-    Must run inside ``transaction.atomic()``.  Rows another transaction is reserving are
-    skipped rather than waited for, so concurrent reservations never block each other.
+    On ``host`` when given.  Must run inside ``transaction.atomic()``.  Rows another
+    transaction is reserving are skipped rather than waited for, so concurrent reservations
+    never block each other; a second GPU for the same case is refused by the database.
     """
-    held = gpu_held_by(case)
-    if held is not None:
-        return held
     candidates = GPUResource.objects.select_for_update(skip_locked=True).filter(
         status=GPUResource.Status.AVAILABLE, foreign_processes=0
     )

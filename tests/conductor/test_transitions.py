@@ -108,6 +108,37 @@ def test_waiting_case_starts_when_another_case_completes(stub_broker):
     assert active_run(second).name == "upload_case_files"
 
 
+def test_a_released_gpu_goes_to_the_waiting_case_in_the_same_transaction(
+    stub_broker, monkeypatch
+):
+    """No second look after the commit is needed: the command leaves with the release."""
+    make_gpus(1)
+    first = register("first")
+    second = register("second")
+    later_looks = []
+    monkeypatch.setattr(state, "_advance_waiting_after_release", lambda: later_looks.append(1))
+
+    run_to_completion(first)
+
+    second.refresh_from_db()
+    assert second.status == Case.Status.PROCESSING
+    assert active_run(second).name == "upload_case_files"
+    assert later_looks == []
+
+
+def test_a_released_gpu_is_not_handed_to_a_case_bound_to_another_host(stub_broker):
+    make_gpus(1)
+    first = register("first")
+    elsewhere = register("elsewhere")
+    Case.objects.filter(pk=elsewhere.pk).update(host="gpu-other")
+
+    run_to_completion(first)
+
+    elsewhere.refresh_from_db()
+    assert elsewhere.status == Case.Status.PENDING_RESOURCE
+    assert GPUResource.objects.get().status == GPUResource.Status.AVAILABLE
+
+
 def test_waiting_case_starts_when_another_case_fails(stub_broker):
     make_gpus(1)
     first = register("first")
