@@ -86,6 +86,7 @@ def main(argv: list[str]) -> int:
     results: list[tuple[str, infra.Outcome | None, str]] = []
     try:
         _setup_django(root)
+        machine["software"] = report.software_versions()
         for name, (module, function) in BENCHMARKS.items():
             if only and name not in only:
                 continue

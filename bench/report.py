@@ -49,14 +49,18 @@ def _memory_gib() -> str:
 
 def _commit() -> str:
     commit = _run(["git", "rev-parse", "--short", "HEAD"])
-    changed = [line[3:] for line in _run(["git", "status", "--porcelain"]).splitlines() if line]
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO, check=False
+    ).stdout  # not stripped: each line starts with its two status columns
+    changed = [line[3:] for line in status.splitlines() if line]
     if changed:
         shown = ", ".join(changed[:12]) + (" …" if len(changed) > 12 else "")
         return f"{commit} + {len(changed)} uncommitted path(s): {shown}"
     return commit
 
 
-def _versions() -> str:
+def software_versions() -> str:
+    """Needs Django set up and the bench database still there: call it before the end."""
     import redis
     from django.db import connection
 
@@ -150,7 +154,7 @@ def write_results(
         f"| date | {machine['date']} |",
         f"| machine | {machine['machine']} |",
         f"| commit | {machine['commit']} |",
-        f"| software | {_versions()} |",
+        f"| software | {machine.get('software', '?')} |",
         f"| load average (1/5/15 min) | start {machine['load_start']}, end "
         f"{machine.get('load_end', '?')} — other engineers' test runs share this machine, so "
         "figures are medians and percentiles over repeated runs |",
