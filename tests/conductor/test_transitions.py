@@ -108,9 +108,7 @@ def test_waiting_case_starts_when_another_case_completes(stub_broker):
     assert active_run(second).name == "upload_case_files"
 
 
-def test_a_released_gpu_goes_to_the_waiting_case_in_the_same_transaction(
-    stub_broker, monkeypatch
-):
+def test_a_released_gpu_goes_to_the_waiting_case_in_the_same_transaction(stub_broker, monkeypatch):
     """No second look after the commit is needed: the command leaves with the release."""
     make_gpus(1)
     first = register("first")

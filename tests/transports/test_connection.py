@@ -11,6 +11,7 @@ import pytest
 
 from tests.sshd import SSHServer
 from workers.transports import LocalTransport, SSHTransport, TransportError
+from workers.transports import ssh as ssh_module
 
 
 def other_host_key_line(server: SSHServer, tmp_path: Path) -> str:
@@ -147,3 +148,12 @@ def test_a_local_command_that_overruns_its_timeout_is_killed(tmp_path):
     assert not error.value.permanent
     time.sleep(0.8)  # the background child would have touched the marker by now
     assert not marker.exists()
+
+
+def test_the_connection_prefers_aes_gcm(sshd_server):
+    """One AEAD pass per packet; CTR would add an HMAC-SHA-256 over every byte sent."""
+    transport = SSHTransport(sshd_server.target)
+    transport.run("true", timeout=10)
+
+    session = ssh_module._connections()[sshd_server.target].transport
+    assert (session.local_cipher, session.remote_cipher) == ("aes128-gcm@openssh.com",) * 2

@@ -117,7 +117,20 @@ class LocalTransport:
             raise self._error(exc, "remove", path) from exc
 
     def rename(self, src: str, dst: str) -> None:
+        """Rename ``src`` over ``dst``; a file's data reaches the disk before its new name.
+
+        Written files are not synced when closed but here, when a transfer publishes them:
+        by then a whole batch is written, the first sync commits the journal with all of it
+        and the rest cost little (one sync per closed file made downloads of many small
+        files ~2x slower).
+        """
         try:
+            if os.path.isfile(src):
+                descriptor = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
             os.replace(src, dst)
         except OSError as exc:
             raise self._error(exc, f"rename {src!r} to", dst) from exc
@@ -159,8 +172,8 @@ class LocalTransport:
 class _LocalStream:
     """An open local file whose failures come out as :class:`TransportError`.
 
-    Written files are flushed to disk on close: the caller renames them into place next,
-    and a rename must never publish a file whose data is still only in memory.
+    Written files are flushed out of Python on close; :meth:`LocalTransport.rename` syncs
+    them to disk before it publishes them under their final name.
     """
 
     def __init__(self, owner: LocalTransport, handle: BinaryIO, path: str, action: str) -> None:
@@ -185,7 +198,6 @@ class _LocalStream:
         try:
             if self._action == "write" and not self._handle.closed:
                 self._handle.flush()
-                os.fsync(self._handle.fileno())
         except OSError as exc:
             raise self._owner._error(exc, "write", self._path) from exc
         finally:
