@@ -39,8 +39,7 @@ from workers.transports.detached import (
 log = logging.getLogger(__name__)
 
 # Polls start fast (the first is made by the start itself, so a short command is noticed
-# within ~10 ms) and slow down to one every
-# few seconds for long simulations.
+# within ~10 ms) and slow down to one every few seconds for long simulations.
 FIRST_POLL_MS = 10
 MAX_POLL_MS = 3000
 # Consecutive polls that could not reach the host before the step counts as failed
