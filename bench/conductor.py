@@ -279,7 +279,7 @@ def throughput(ctx: Context) -> Outcome:
         "taken between 10 % and 90 % acknowledged (Redis `HLEN` of the queue's message hash), "
         "so start-up and tail do not count. Every transition is the full production one: lock "
         "case and step run, finish the run, create the next run with its rendered command, "
-        "history, `execute_command` enqueued after commit. Reference: a no-op Dramatiq actor "
+        "`execute_command` enqueued after commit. Reference: a no-op Dramatiq actor "
         "(`bench/noop.py`, Dramatiq's default middleware, same Redis, same process and thread "
         "counts, same message shape), measured the same way in the same run."
     )

@@ -9,7 +9,6 @@ their own process group and stopped by that group's id.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import signal
@@ -134,17 +133,10 @@ def sample_config(root: Path, **changes: Any) -> dict[str, Any]:
 
 def ssh_host(server: Any, gpus: int = 4) -> dict[str, Any]:
     """A ``hosts`` entry for a :class:`tests.sshd.SSHServer`."""
-    target = server.target
-    return {
-        "transport": "ssh",
-        "hostname": target.hostname,
-        "port": target.port,
-        "username": getpass.getuser(),
-        "key_file": target.key_file,
-        "known_hosts_file": target.known_hosts_file,
-        "gpu_discovery": "static",
-        "static_gpus": [{"index": i, "uuid": f"GPU-{i}"} for i in range(gpus)],
-    }
+    return server.host_config(
+        gpu_discovery="static",
+        static_gpus=[{"index": i, "uuid": f"GPU-{i}"} for i in range(gpus)],
+    )
 
 
 def use_config(path: Path, config: dict[str, Any]) -> Path:

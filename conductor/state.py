@@ -378,9 +378,7 @@ def _lock_current_run(
 ) -> tuple[Case, WorkflowStep] | None:
     """Lock the case and its step run if the run is in flight; record and drop it if not."""
     # One statement finds and locks the case (only the case: runs are locked after it)
-    case = (
-        Case.objects.select_for_update(of=("self",)).filter(steps__pk=step_run_id).first()
-    )
+    case = Case.objects.select_for_update(of=("self",)).filter(steps__pk=step_run_id).first()
     if case is None:
         log.warning("outcome %s for unknown step run %s ignored", command, step_run_id)
         return None

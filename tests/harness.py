@@ -23,7 +23,6 @@ not match the GPU server's files, duplicate result files.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import os
 import re
@@ -277,22 +276,15 @@ class ProductionSystem:
         common = "--case {case_id} --gpu {gpu_id} --case-dir {case_dir} --output-dir {output_dir}"
         hosts = {}
         for number, server in enumerate(self.hosts):
-            target = server.target
-            hosts[f"gpu{number + 1}"] = {
-                "transport": "ssh",
-                "hostname": target.hostname,
-                "port": target.port,
-                "username": getpass.getuser(),
-                "key_file": target.key_file,
-                "known_hosts_file": target.known_hosts_file,
-                "connect_timeout_sec": 3,
-                "keepalive_sec": 2,
-                "gpu_discovery": "static",
-                "static_gpus": [
+            hosts[f"gpu{number + 1}"] = server.host_config(
+                connect_timeout_sec=3,
+                keepalive_sec=2,
+                gpu_discovery="static",
+                static_gpus=[
                     {"index": index, "uuid": f"GPU-{number + 1}-{index}", "name": "A100 stand-in"}
                     for index in range(gpus)
                 ],
-            }
+            )
         progress = r"Generating particles for \((?P<done>\d+) of (?P<total>\d+) batches\)"
         return {
             "conductor": {

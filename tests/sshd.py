@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +138,19 @@ class SSHServer:
             connect_timeout_sec=5.0,
             keepalive_sec=5,
         )
+
+    def host_config(self, **extra: Any) -> dict[str, Any]:
+        """A ``hosts.<name>`` entry of ``config.yaml`` that reaches this server."""
+        target = self.target
+        return {
+            "transport": "ssh",
+            "hostname": target.hostname,
+            "port": target.port,
+            "username": target.username,
+            "key_file": target.key_file,
+            "known_hosts_file": target.known_hosts_file,
+            **extra,
+        }
 
     def openssh_options(self) -> list[str]:
         """Options for OpenSSH clients (``ssh``, ``sftp``) to reach this server."""

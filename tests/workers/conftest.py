@@ -56,7 +56,6 @@ class GPUServer:
 @pytest.fixture
 def gpu_server(sshd_server, use_config, tmp_path) -> Iterator[GPUServer]:
     root = tmp_path / "hpc"
-    target = sshd_server.target
 
     def edit(raw: dict) -> None:
         raw["conductor"]["remote_paths"] = {
@@ -64,16 +63,7 @@ def gpu_server(sshd_server, use_config, tmp_path) -> Iterator[GPUServer]:
             "download_dir": str(server.download_dir),
         }
         raw["hosts"] = {
-            "gpu1": {
-                "transport": "ssh",
-                "hostname": target.hostname,
-                "port": target.port,
-                "username": target.username,
-                "key_file": target.key_file,
-                "known_hosts_file": target.known_hosts_file,
-                "connect_timeout_sec": 5,
-                "nvidia_smi": standin("nvidia-smi"),
-            }
+            "gpu1": sshd_server.host_config(connect_timeout_sec=5, nvidia_smi=standin("nvidia-smi"))
         }
         common = "--case {case_id} --gpu {gpu_id} --case-dir {case_dir} --output-dir {output_dir}"
         raw["remote_commands"] = {
