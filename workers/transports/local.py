@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Sequence
 from types import TracebackType
@@ -125,7 +126,7 @@ class LocalTransport:
         files ~2x slower).
         """
         try:
-            if os.path.isfile(src):
+            if stat.S_ISREG(os.lstat(src).st_mode):  # not through a link, not a folder
                 descriptor = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
                 try:
                     os.fsync(descriptor)
