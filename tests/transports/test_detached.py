@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,28 @@ def test_a_second_start_does_not_run_it_again(transport, tmp_path):
     assert start_detached(transport, run_dir, str(tmp_path), command, {}) is False
 
     assert counter.read_text() == "ran\n"
+
+
+def test_a_second_start_during_the_first_waits_until_the_command_runs(transport, tmp_path):
+    # The first start has taken the lock (run_dir) but not yet launched its command, as when
+    # one message is delivered twice at once. The second start must not return before the
+    # command runs: a poll right after it would see a run folder with nothing alive in it.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    returned: list[bool] = []
+    second = threading.Thread(
+        target=lambda: returned.append(
+            start_detached(transport, str(run_dir), str(tmp_path), "true", {})
+        )
+    )
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive(), "the second start returned before the first one's command ran"
+
+    (run_dir / "pgid").write_text("1\n")  # the first start's command is now running
+    second.join(timeout=10)
+
+    assert returned == [False]
 
 
 def test_a_missing_working_directory_is_a_permanent_error_and_takes_no_lock(transport, tmp_path):

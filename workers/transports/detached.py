@@ -11,8 +11,9 @@ A run lives in its own folder, ``run_dir``, on the server::
     run_dir/exit_code   written (tmp + rename) by the wrapper when the command ends
     run_dir/kill_requested  present once kill_group was called
 
-Creating ``run_dir`` with ``mkdir`` is the lock: a second start finds it and does nothing,
-so a retried or re-delivered message never runs the command twice. The command runs under
+Creating ``run_dir`` with ``mkdir`` is the lock: a second start finds it and does nothing
+(after waiting, as the first one does, until the command has started), so a retried or
+re-delivered message never runs the command twice. The command runs under
 ``setsid`` in a session and process group of its own, a child of the wrapper, which is not
 in that group: killing the group leaves the wrapper alive to record the exit code
 (143 after SIGTERM, 137 after SIGKILL). Nothing holds the SSH session: stdin is /dev/null,
@@ -96,8 +97,15 @@ mkdir -p -- %(parent)s || exit 3
 umask_before=$(umask)
 umask 077
 if ! mkdir -- "$d" 2>/dev/null; then
-  if [ -d "$d" ]; then echo MQI_ALREADY_STARTED; exit 0; fi
-  echo "cannot create run folder $d" >&2; exit 3
+  if [ ! -d "$d" ]; then echo "cannot create run folder $d" >&2; exit 3; fi
+  # Another start holds the lock. It may be between its mkdir and its command's start (a
+  # message delivered twice at once): wait as it does, so that a poll right after this
+  # sees the command, not a run folder with nothing running in it yet.
+  i=0
+  while [ ! -e "$d/pgid" ] && [ ! -e "$d/exit_code" ] && [ $i -lt %(start_polls)d ]; do
+    sleep %(interval)s; i=$((i + 1))
+  done
+  echo MQI_ALREADY_STARTED; exit 0
 fi
 printf '%%s' %(command)s > "$d/command" &&
 printf '%%s' %(wrapper)s > "$d/wrapper.sh" &&
