@@ -185,6 +185,22 @@ class Transport(Protocol):
         """Atomically replace ``dst`` with ``src`` (POSIX rename semantics)."""
         ...
 
+    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
+        """The contents of many small files, given as ``(path, size)``.
+
+        Each file is read up to its ``size`` (at most 252 KiB); a file that is shorter now
+        comes back shorter. Over SSH the requests for many files are in flight at once.
+        """
+        ...
+
+    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
+        """Create or truncate each file and write its contents (at most 252 KiB each)."""
+        ...
+
+    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
+        """:meth:`rename` for each ``(src, dst)``, in order; stops at the first failure."""
+        ...
+
     def remove(self, path: str) -> None:
         """Remove a file or symlink; a missing one is fine."""
         ...

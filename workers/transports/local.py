@@ -136,6 +136,22 @@ class LocalTransport:
         except OSError as exc:
             raise self._error(exc, f"rename {src!r} to", dst) from exc
 
+    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
+        for src, dst in renames:
+            self.rename(src, dst)
+
+    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
+        contents = []
+        for path, size in files:
+            with self.open_read(path, size=size) as reader:
+                contents.append(reader.read(size))
+        return contents
+
+    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
+        for path, data in files:
+            with self.open_write(path) as writer:
+                writer.write(data)
+
     def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> _LocalStream:
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the stream

@@ -25,7 +25,22 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, SFTPError, int64
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_READ,
+    CMD_STATUS,
+    CMD_WRITE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    SFTPError,
+    int64,
+)
 
 from workers.transports.base import (
     PERMANENT_ERRNOS,
@@ -52,6 +67,9 @@ WINDOW_SIZE = 32 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
 SFTP_REQUEST_SIZE = 252 * 1024
 READ_REQUESTS_IN_FLIGHT = 32
+# requests in flight for the many-small-files operations (each open file is a handle on the
+# server until its close is answered)
+SMALL_FILE_REQUESTS_IN_FLIGHT = 96
 
 # the longest script sent as one ``sh -c`` argument (Linux caps one argument at 128 KiB)
 MAX_SCRIPT_BYTES = 120 * 1024
@@ -390,6 +408,11 @@ class SSHTransport:
             connection = self._connection()
             try:
                 return operation(connection)
+            except _FileFailed as failed:  # one file of many: name it
+                error = self._error(failed.error, connection, action, failed.path)
+                if error.permanent or attempt == 2:
+                    raise error from failed.error
+                logger.info("%s; retrying once", error)
             except _PARAMIKO_ERRORS as exc:
                 error = self._error(exc, connection, action, path)
                 if error.permanent or attempt == 2:
@@ -505,6 +528,32 @@ class SSHTransport:
             connection.sftp.posix_rename(src, dst)
         except _PARAMIKO_ERRORS as exc:
             raise self._error(exc, connection, f"rename {src!r} to", dst) from exc
+
+    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
+        # open, read and close of many files in flight at once: one round trip per window
+        # of files instead of three per file
+        def operation(connection: _Connection) -> list[bytes]:
+            return _Pipeline(connection.sftp).read_files(files)
+
+        return self._call("read", _first(files), operation)
+
+    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
+        def operation(connection: _Connection) -> None:
+            _Pipeline(connection.sftp).write_files(files)
+
+        self._call("write", _first(files), operation)
+
+    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
+        # not retried, as rename
+        connection = self._connection()
+        try:
+            _Pipeline(connection.sftp).rename_all(renames)
+        except _FileFailed as failed:
+            raise self._error(
+                failed.error, connection, f"rename {failed.path!r} to", failed.other
+            ) from failed.error
+        except _PARAMIKO_ERRORS as exc:
+            raise self._error(exc, connection, "rename", _first(renames)) from exc
 
     def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> _SFTPStream:
         def operation(connection: _Connection) -> _SFTPStream:
@@ -666,6 +715,149 @@ class _PipelinedReader:
     def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
         """paramiko's callback for an answer that arrived before the one being waited for."""
         self._arrived[number] = (kind, message)
+
+
+class _FileFailed(Exception):
+    """The request about ``path`` (one of many in flight) failed with ``error``."""
+
+    def __init__(self, error: BaseException, path: str, other: str = "") -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.path = path
+        self.other = other
+
+
+_Reply = Callable[[int, "paramiko.Message | None"], None]
+
+
+class _Pipeline:
+    """Many small SFTP requests in flight, each answer handled by its own callback.
+
+    A file's open is answered with a handle; its callback then sends the read or write and
+    the close, so a window of files costs about one round trip, not three per file. OpenSSH
+    answers in order; answers that come early are kept (``_async_response``), as in
+    :class:`_PipelinedReader`. After the first failure no new file is started, every
+    request in flight is still waited for and every handle opened is closed, then the
+    failure is raised as :class:`_FileFailed`.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self._sftp = sftp
+        self._in_flight: deque[tuple[int, str, str, _Reply]] = deque()  # number, paths, reply
+        self._arrived: dict[int, tuple[int, paramiko.Message]] = {}
+        self._failure: _FileFailed | None = None
+
+    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
+        contents = [b""] * len(files)
+
+        def start(index: int) -> None:
+            path, size = files[index]
+            if size > SFTP_REQUEST_SIZE:
+                raise ValueError(f"{path!r}: {size} bytes is more than one request")
+
+            def opened(handle: bytes) -> None:
+                def data(kind: int, message: paramiko.Message | None) -> None:
+                    # end of file (shorter than expected) reads as b""; the caller checks
+                    contents[index] = message.get_string() if message and kind == CMD_DATA else b""
+
+                if size:
+                    self._send(path, data, CMD_READ, handle, int64(0), size)
+                self._close(path, handle)
+
+            self._open(path, SFTP_FLAG_READ, opened)
+
+        self._run(len(files), start)
+        return contents
+
+    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
+        def start(index: int) -> None:
+            path, data = files[index]
+            if len(data) > SFTP_REQUEST_SIZE:
+                raise ValueError(f"{path!r}: {len(data)} bytes is more than one request")
+
+            def opened(handle: bytes) -> None:
+                if data:
+                    self._send(path, _ok, CMD_WRITE, handle, int64(0), data)
+                self._close(path, handle)
+
+            flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+            self._open(path, flags, opened)
+
+        self._run(len(files), start)
+
+    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
+        def start(index: int) -> None:
+            src, dst = renames[index]
+            self._send(src, _ok, CMD_EXTENDED, "posix-rename@openssh.com", src, dst, other=dst)
+
+        self._run(len(renames), start)
+
+    def _open(self, path: str, flags: int, opened: Callable[[bytes], None]) -> None:
+        def reply(kind: int, message: paramiko.Message | None) -> None:
+            if kind != CMD_HANDLE or message is None:
+                raise SFTPError(f"expected a handle, got SFTP message type {kind}")
+            handle = message.get_binary()
+            if self._failure is None:
+                opened(handle)
+            else:
+                self._close(path, handle)  # something failed meanwhile: only close it
+
+        self._send(path, reply, CMD_OPEN, path, flags, paramiko.SFTPAttributes())
+
+    def _close(self, path: str, handle: bytes) -> None:
+        self._send(path, _ok, CMD_CLOSE, handle)
+
+    def _send(self, path: str, reply: _Reply, kind: int, *args: object, other: str = "") -> None:
+        number = self._sftp._async_request(self, kind, *args)
+        self._in_flight.append((number, path, other, reply))
+
+    def _run(self, count: int, start: Callable[[int], None]) -> None:
+        started = 0
+        while True:
+            while (
+                self._failure is None
+                and started < count
+                and len(self._in_flight) < SMALL_FILE_REQUESTS_IN_FLIGHT
+            ):
+                start(started)
+                started += 1
+            if not self._in_flight:
+                break
+            number, path, other, reply = self._in_flight.popleft()
+            try:
+                kind, message = self._answer(number)
+                reply(kind, message)
+            except _PARAMIKO_ERRORS as exc:  # the server said no, or the connection is gone
+                if self._failure is None:
+                    self._failure = _FileFailed(exc, path, other)
+                if self._sftp.sock.closed or not self._sftp.sock.get_transport().is_active():
+                    break  # nothing more will be answered
+        if self._failure is not None:
+            raise self._failure
+
+    def _answer(self, number: int) -> tuple[int, paramiko.Message | None]:
+        """The answer to request ``number``; raises on an error status (EOF is no error)."""
+        try:
+            if number not in self._arrived:
+                return self._sftp._read_response(number)
+            kind, message = self._arrived.pop(number)
+            if kind == CMD_STATUS:
+                self._sftp._convert_status(message)  # raises unless it is "OK"
+            return kind, message
+        except EOFError:  # the status "end of file" (a lost connection is an SSHException)
+            return CMD_STATUS, None
+
+    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
+        """paramiko's callback for an answer that arrived before the one being waited for."""
+        self._arrived[number] = (kind, message)
+
+
+def _ok(kind: int, message: paramiko.Message | None) -> None:
+    """A status answer: an error status was already raised while reading it."""
+
+
+def _first(items: Sequence[tuple[str, object]]) -> str:
+    return items[0][0] if items else ""
 
 
 def _file_stat(name: str, attrs: paramiko.SFTPAttributes) -> FileStat:

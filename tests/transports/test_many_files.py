@@ -1,0 +1,126 @@
+"""Many small files at once: read_files, write_files, rename_all (pipelined over SFTP)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from workers.transports import LocalTransport, SSHTransport, TransportError
+from workers.transports.ssh import SMALL_FILE_REQUESTS_IN_FLIGHT
+from workers.transports.transfer import SMALL_FILE_BYTES, part_name, upload_tree
+
+# more files than requests in flight, so the window slides; sizes from empty to the largest
+# file sent whole
+COUNT = SMALL_FILE_REQUESTS_IN_FLIGHT * 2 + 7
+
+
+@pytest.fixture(params=["ssh", "local"])
+def transport(request, sshd_server):
+    return SSHTransport(sshd_server.target) if request.param == "ssh" else LocalTransport()
+
+
+def contents(count: int) -> list[bytes]:
+    sizes = [0, 1, SMALL_FILE_BYTES, *((i * 977) % 40_000 for i in range(count - 3))]
+    return [os.urandom(size) for size in sizes]
+
+
+def test_written_files_read_back_the_same(transport, tmp_path):
+    datas = contents(COUNT)
+    paths = [str(tmp_path / f"f{i:03}") for i in range(COUNT)]
+
+    transport.write_files(list(zip(paths, datas, strict=True)))
+
+    assert [Path(p).read_bytes() for p in paths] == datas
+    sizes = [(p, len(d)) for p, d in zip(paths, datas, strict=True)]
+    assert transport.read_files(sizes) == datas
+
+
+def test_writing_truncates_what_was_there(transport, tmp_path):
+    target = tmp_path / "f"
+    target.write_bytes(b"x" * 5000)
+
+    transport.write_files([(str(target), b"short")])
+
+    assert target.read_bytes() == b"short"
+
+
+def test_a_file_shorter_than_expected_reads_short(transport, tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+
+    assert transport.read_files([(str(tmp_path / "f"), 10)]) == [b"abc"]
+
+
+def test_a_missing_file_among_many_is_a_permanent_error_that_names_it(transport, tmp_path):
+    paths = [tmp_path / f"f{i}" for i in range(20)]
+    for path in paths:
+        path.write_bytes(b"data")
+    paths[13].unlink()
+
+    with pytest.raises(TransportError) as error:
+        transport.read_files([(str(p), 4) for p in paths])
+
+    assert error.value.permanent
+    assert str(paths[13]) in str(error.value)
+    # the connection is still usable, and nothing was left half-done on it
+    assert transport.read_files([(str(paths[0]), 4)]) == [b"data"]
+
+
+def test_writing_into_a_missing_folder_is_a_permanent_error_that_names_it(transport, tmp_path):
+    files = [(str(tmp_path / f"f{i}"), b"data") for i in range(10)]
+    files[4] = (str(tmp_path / "missing" / "f4"), b"data")
+
+    with pytest.raises(TransportError) as error:
+        transport.write_files(files)
+
+    assert error.value.permanent
+    assert "missing/f4" in str(error.value)
+    transport.write_files([(str(tmp_path / "after"), b"ok")])
+    assert (tmp_path / "after").read_bytes() == b"ok"
+
+
+def test_rename_all_replaces_the_targets_in_order(transport, tmp_path):
+    for i in range(COUNT):
+        (tmp_path / f"part{i}").write_text(f"new {i}")
+        (tmp_path / f"final{i}").write_text("old")
+
+    transport.rename_all(
+        [(str(tmp_path / f"part{i}"), str(tmp_path / f"final{i}")) for i in range(COUNT)]
+    )
+
+    assert [(tmp_path / f"final{i}").read_text() for i in range(COUNT)] == [
+        f"new {i}" for i in range(COUNT)
+    ]
+    assert not list(tmp_path.glob("part*"))
+
+
+def test_rename_all_names_the_rename_that_failed(transport, tmp_path):
+    (tmp_path / "a").write_text("a")
+
+    with pytest.raises(TransportError) as error:
+        transport.rename_all(
+            [
+                (str(tmp_path / "a"), str(tmp_path / "b")),
+                (str(tmp_path / "gone"), str(tmp_path / "c")),
+            ]
+        )
+
+    assert str(tmp_path / "gone") in str(error.value)
+    assert (tmp_path / "b").read_text() == "a"  # the one before it happened
+
+
+def test_a_small_files_kept_part_is_written_over_and_verified(transport, tmp_path):
+    source = tmp_path / "case"
+    source.mkdir()
+    (source / "log.txt").write_bytes(b"the real log\n" * 100)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    # an interrupted earlier attempt left a part whose start does not match
+    (remote / part_name("log.txt")).write_bytes(b"garbage")
+
+    report = upload_tree(transport, source, str(remote))
+
+    assert (remote / "log.txt").read_bytes() == (source / "log.txt").read_bytes()
+    assert not (remote / part_name("log.txt")).exists()
+    assert (report.files_resumed, report.files_resent) == (0, 0)
