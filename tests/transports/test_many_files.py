@@ -9,7 +9,7 @@ import pytest
 
 from workers.transports import LocalTransport, SSHTransport, TransportError
 from workers.transports.ssh import SMALL_FILE_REQUESTS_IN_FLIGHT
-from workers.transports.transfer import SMALL_FILE_BYTES, part_name, upload_tree
+from workers.transports.transfer import SMALL_FILE_BYTES, download_tree, part_name, upload_tree
 
 # more files than requests in flight, so the window slides; sizes from empty to the largest
 # file sent whole
@@ -124,3 +124,24 @@ def test_a_small_files_kept_part_is_written_over_and_verified(transport, tmp_pat
     assert (remote / "log.txt").read_bytes() == (source / "log.txt").read_bytes()
     assert not (remote / part_name("log.txt")).exists()
     assert (report.files_resumed, report.files_resent) == (0, 0)
+
+
+def test_a_folder_of_large_and_small_files_goes_up_and_down_intact(transport, tmp_path):
+    # uploading, the far side hashes the large files while the small ones are sent
+    source = tmp_path / "case"
+    (source / "logs").mkdir(parents=True)
+    (source / "plan.bin").write_bytes(os.urandom(3 * SMALL_FILE_BYTES + 5))
+    (source / "spots.bin").write_bytes(os.urandom(SMALL_FILE_BYTES + 1))
+    for i in range(150):
+        (source / "logs" / f"beam{i:03}.log").write_bytes(os.urandom(i * 37))
+    remote, back = tmp_path / "remote", tmp_path / "back"
+
+    up = upload_tree(transport, source, str(remote))
+    down = download_tree(transport, str(remote), back)
+
+    files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(back) for p in back.rglob("*") if p.is_file()) == files
+    assert all((back / f).read_bytes() == (source / f).read_bytes() for f in files)
+    assert not list(remote.rglob("*.mqi-part"))
+    assert (up.files, down.files, up.files_resent, down.files_resent) == (152, 152, 0, 0)
+    assert upload_tree(transport, source, str(remote)).files_skipped == 152

@@ -393,16 +393,35 @@ class _Copy:
     def _send_and_publish(
         self, batch: list[_File], far_digests: Future[dict[str, FileDigest | None]] | None
     ) -> None:
-        for item in batch:
-            if item.size > SMALL_FILE_BYTES:
-                self._send(item)
-                if self.on_progress is not None:
-                    self.on_progress(self.report)
-        for group in _small_groups(batch):
+        large = [item for item in batch if item.size > SMALL_FILE_BYTES]
+        for item in large:
+            self._send(item)
+            if self.on_progress is not None:
+                self.on_progress(self.report)
+        groups = _small_groups(batch)
+        if far_digests is not None or not large or not groups:
+            self._send_small_groups(groups)
+            self._verify_and_publish(batch, far_digests)
+            return
+        # Uploading both: the far side hashes the large files (a helper thread, its own
+        # connection) while the small ones are sent, instead of after them.
+        helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-far-hash")
+        try:
+            large_digests = helper.submit(self._far_digests, large)
+            self._send_small_groups(groups)
+            small_digests = self._far_digests([item for group in groups for item in group])
+            digests: Future[dict[str, FileDigest | None]] = Future()
+            digests.set_result({**large_digests.result(), **small_digests})
+        finally:
+            helper.submit(self.far.fs.close)
+            helper.shutdown(wait=False, cancel_futures=True)
+        self._verify_and_publish(batch, digests)
+
+    def _send_small_groups(self, groups: list[list[_File]]) -> None:
+        for group in groups:
             self._send_small(group)
             if self.on_progress is not None:
                 self.on_progress(self.report)
-        self._verify_and_publish(batch, far_digests)
 
     def _far_digests(self, items: Sequence[_File]) -> dict[str, FileDigest | None]:
         """Digests computed on the far side: of the parts uploading, of the sources downloading."""
