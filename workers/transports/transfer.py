@@ -394,19 +394,18 @@ class _Copy:
         self, batch: list[_File], far_digests: Future[dict[str, FileDigest | None]] | None
     ) -> None:
         large = [item for item in batch if item.size > SMALL_FILE_BYTES]
-        for item in large:
-            self._send(item)
-            if self.on_progress is not None:
-                self.on_progress(self.report)
         groups = _small_groups(batch)
         if far_digests is not None or not large or not groups:
+            self._send_large(large)
             self._send_small_groups(groups)
             self._verify_and_publish(batch, far_digests)
             return
         # Uploading both: the far side hashes the large files (a helper thread, its own
-        # connection) while the small ones are sent, instead of after them.
+        # connection, opened while they are sent) while the small ones are sent.
         helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-far-hash")
         try:
+            helper.submit(self.far.fs.run, "true", timeout=DIGEST_TIMEOUT_BASE_SEC)
+            self._send_large(large)
             large_digests = helper.submit(self._far_digests, large)
             self._send_small_groups(groups)
             small_digests = self._far_digests([item for group in groups for item in group])
@@ -416,6 +415,12 @@ class _Copy:
             helper.submit(self.far.fs.close)
             helper.shutdown(wait=False, cancel_futures=True)
         self._verify_and_publish(batch, digests)
+
+    def _send_large(self, items: list[_File]) -> None:
+        for item in items:
+            self._send(item)
+            if self.on_progress is not None:
+                self.on_progress(self.report)
 
     def _send_small_groups(self, groups: list[list[_File]]) -> None:
         for group in groups:
