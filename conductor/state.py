@@ -19,7 +19,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from cases.models import Case, CaseEvent, WorkflowStep
@@ -123,7 +124,7 @@ def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any
         case, run = locked
         _finish_run(run, WorkflowStep.Status.SUCCEEDED, outcome)
         # the run just finished was the case's one active run (a database constraint)
-        _advance_locked(case, config, run_in_flight=False)
+        _advance_locked(case, config, finished=run)
     return True
 
 
@@ -382,7 +383,12 @@ def _lock_current_run(
     if case is None:
         log.warning("outcome %s for unknown step run %s ignored", command, step_run_id)
         return None
-    run = WorkflowStep.objects.select_for_update().get(pk=step_run_id)
+    # the run's GPU comes along, read after the case lock was taken (see _held_gpu)
+    run = (
+        WorkflowStep.objects.select_for_update(of=("self",))
+        .select_related("gpu")
+        .get(pk=step_run_id)
+    )
     route = STEP_ROUTES.get(run.type)
     expected = route is not None and command in (route.success, route.failure)
     if not run.is_active or case.status != Case.Status.PROCESSING or not expected:
@@ -439,8 +445,8 @@ def _step_spec(config: Config, case: Case, name: str) -> StepSpec | None:
         return None
 
 
-def _advance_locked(case: Case, config: Config, *, run_in_flight: bool | None = None) -> None:
-    """``run_in_flight=False`` when the caller knows the case has no active step run."""
+def _advance_locked(case: Case, config: Config, *, finished: WorkflowStep | None = None) -> None:
+    """``finished``: the step run the caller just finished, the case's only active one."""
     if case.is_terminal:
         return
     steps = config.workflows.get(case.workflow)
@@ -452,7 +458,7 @@ def _advance_locked(case: Case, config: Config, *, run_in_flight: bool | None = 
             spec = workflow.first_step(steps)
         elif case.status == Case.Status.PENDING_RESOURCE:
             spec = workflow.step_named(steps, case.workflow_step)
-        elif run_in_flight is not False and _active_run(case) is not None:
+        elif finished is None and _active_run(case) is not None:
             return  # a step is in flight; its outcome will move the case on
         else:
             spec = workflow.next_step(steps, case.workflow_step)
@@ -467,11 +473,32 @@ def _advance_locked(case: Case, config: Config, *, run_in_flight: bool | None = 
         _end(case, Case.Status.COMPLETED)
         _event(case, "completed", "all steps succeeded")
         return
-    _start_or_wait(case, spec, config)
+    held = _held_gpu(case, finished) if finished is not None else _LOOK_UP
+    _start_or_wait(case, spec, config, gpu=held)
 
 
-def _start_or_wait(case: Case, spec: StepSpec, config: Config) -> None:
-    gpu = gpu_held_by(case)
+_LOOK_UP: Any = object()  # the case's GPU is not known yet: look it up
+
+
+def _held_gpu(case: Case, finished: WorkflowStep) -> GPUResource | None:
+    """The GPU ``case`` holds, known without a query from the step run it just finished.
+
+    Bookings change only in this module, with the case locked, when a step starts
+    (:func:`_start_or_wait`) or the case ends; none of that happens while a step run is in
+    flight. So the case still holds the GPU the run was dispatched with, if any (its row
+    was read after the case lock was taken, so ``reserved_by`` is current).
+    """
+    gpu = finished.gpu
+    return gpu if gpu is not None and gpu.reserved_by_id == case.pk else None
+
+
+def _start_or_wait(case: Case, spec: StepSpec, config: Config, gpu: Any = _LOOK_UP) -> None:
+    """Start ``spec`` for the case (with a GPU when it needs one), or make it wait for one.
+
+    ``gpu``: the GPU the case holds (None: none), when the caller knows it.
+    """
+    if gpu is _LOOK_UP:
+        gpu = gpu_held_by(case)
     if workflow.needs_gpu(spec, config.conductor.gpu_policy):
         gpu = gpu or reserve_gpu(case=case, host=case.host or None)
         if gpu is None:
@@ -501,13 +528,14 @@ def _dispatch(
     case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config, delay_ms: int | None = None
 ) -> WorkflowStep:
     route = STEP_ROUTES[spec.type]
-    attempt = (case.steps.filter(name=spec.name).aggregate(n=Max("attempt"))["n"] or 0) + 1
+    # numbered in the INSERT itself (the case is locked: no other attempt can be inserted)
+    earlier = case.steps.filter(name=spec.name).order_by("-attempt").values("attempt")[:1]
     now = timezone.now()
     run = WorkflowStep.objects.create(
         case=case,
         name=spec.name,
         type=spec.type,
-        attempt=attempt,
+        attempt=Coalesce(Subquery(earlier), 0) + 1,
         status=WorkflowStep.Status.DISPATCHED,
         gpu=gpu,
         host=case.host,
@@ -515,6 +543,7 @@ def _dispatch(
         dispatched_at=now,
         deadline=now + dispatch_grace(config) + timedelta(milliseconds=delay_ms or 0),
     )
+    del run.attempt  # deferred: read from the database if anyone asks
     send_on_commit(
         route.actor,
         route.command,

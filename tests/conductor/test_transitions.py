@@ -64,6 +64,8 @@ def test_case_goes_through_every_step_in_order_and_completes(stub_broker):
     while (run := active_run(case)) is not None:
         case.refresh_from_db()
         seen.append((run.name, case.progress))
+        # every_step: each step is dispatched with the one GPU the case holds throughout
+        assert (run.gpu, case.reserved_gpu) == (gpu, gpu)
         succeed(run)
 
     case.refresh_from_db()
