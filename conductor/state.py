@@ -469,11 +469,16 @@ def _advance_locked(case: Case, config: Config, *, finished: WorkflowStep | None
             f"step {case.workflow_step!r} is not in workflow {case.workflow!r} any more",
         )
         return
+    if finished is not None:
+        held = _held_gpu(case, finished)
+    elif case.status in (Case.Status.NEW, Case.Status.PENDING_RESOURCE):
+        held = None  # a case waits for a GPU only while it holds none
+    else:
+        held = _LOOK_UP
     if spec is None:
-        _end(case, Case.Status.COMPLETED)
+        _end(case, Case.Status.COMPLETED, held=held)
         _event(case, "completed", "all steps succeeded")
         return
-    held = _held_gpu(case, finished) if finished is not None else _LOOK_UP
     _start_or_wait(case, spec, config, gpu=held)
 
 
@@ -513,7 +518,7 @@ def _start_or_wait(case: Case, spec: StepSpec, config: Config, gpu: Any = _LOOK_
                 transaction.on_commit(_wake_if_gpu_free)
             return
     elif gpu is not None:
-        _hand_over(release_gpu(case=case), config)
+        _hand_over(release_gpu(case=case, held=gpu), config)
         gpu = None
     if not case.host:
         case.host = gpu.host if gpu is not None else config.default_host
@@ -602,8 +607,13 @@ def _fail(case: Case, error_kind: str, message: str, run: WorkflowStep | None = 
     _event(case, "failed", message, run=run)
 
 
-def _end(case: Case, status: str, error_kind: str = "", message: str = "") -> None:
-    """Terminal status and GPU release in the same transaction: no GPU outlives its case."""
+def _end(
+    case: Case, status: str, error_kind: str = "", message: str = "", held: Any = _LOOK_UP
+) -> None:
+    """Terminal status and GPU release in the same transaction: no GPU outlives its case.
+
+    ``held``: the GPU the case holds (None: none), when the caller knows it.
+    """
     case.status = status
     case.error_kind = error_kind
     case.error_message = message
@@ -611,7 +621,10 @@ def _end(case: Case, status: str, error_kind: str = "", message: str = "") -> No
     if status == Case.Status.COMPLETED:
         case.progress = 100
     case.save()
-    released = release_gpu(case=case)
+    if held is None:
+        released = None  # it holds none
+    else:
+        released = release_gpu(case=case, held=None if held is _LOOK_UP else held)
     if released is not None:
         _hand_over(released, get_config())
 

@@ -41,9 +41,12 @@ def reserve_gpu(*, case: Case, host: str | None = None) -> GPUResource | None:
     return None
 
 
-def release_gpu(*, case: Case) -> GPUResource | None:
-    """Free the GPU ``case`` holds, if any; a GPU asked to drain goes to MAINTENANCE."""
-    gpu = gpu_held_by(case)
+def release_gpu(*, case: Case, held: GPUResource | None = None) -> GPUResource | None:
+    """Free the GPU ``case`` holds, if any; a GPU asked to drain goes to MAINTENANCE.
+
+    ``held``: the GPU the caller knows the case holds (saves looking it up).
+    """
+    gpu = held or gpu_held_by(case)
     if gpu is None:
         return None
     GPUResource.objects.filter(pk=gpu.pk, reserved_by=case).update(
