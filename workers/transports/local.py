@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 # a file being written is handed to the disk every this many bytes (see _LocalStream.write)
 WRITEBACK_BYTES = 64 * 1024 * 1024
+_FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS: there the sync does it all
 
 
 class LocalTransport:
@@ -213,11 +214,11 @@ class _LocalStream:
         try:
             self._handle.write(data)
             self._unflushed += len(data)
-            if self._unflushed >= WRITEBACK_BYTES:
+            if self._unflushed >= WRITEBACK_BYTES and _FADVISE is not None:
                 # Start writing a big file to disk while it is still arriving (Linux starts
                 # writeback on this advice), so the sync before its rename has little left.
                 self._handle.flush()
-                os.posix_fadvise(self._handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                _FADVISE(self._handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
                 self._unflushed = 0
         except OSError as exc:
             raise self._owner._error(exc, "write", self._path) from exc
