@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,26 @@ def test_a_folder_of_large_and_small_files_goes_up_and_down_intact(transport, tm
     assert not list(remote.rglob("*.mqi-part"))
     assert (up.files, down.files, up.files_resent, down.files_resent) == (152, 152, 0, 0)
     assert upload_tree(transport, source, str(remote)).files_skipped == 152
+
+
+def test_transfers_leave_no_connection_or_thread_behind(sshd_server, tmp_path):
+    # A transfer's far-side hashing runs in a helper thread with its own SSH connection
+    # (connections are per thread); the helper must close it, or a long-running worker
+    # gains a connection and a paramiko thread per transfer.
+    transport = SSHTransport(sshd_server.target)
+    source = tmp_path / "case"
+    source.mkdir()
+    (source / "plan.bin").write_bytes(os.urandom(SMALL_FILE_BYTES * 2))
+    for i in range(20):
+        (source / f"log{i}").write_bytes(os.urandom(100))
+    upload_tree(transport, source, str(tmp_path / "first"))  # this thread's own connection
+    baseline = threading.active_count()
+
+    for i in range(3):
+        upload_tree(transport, source, str(tmp_path / f"up{i}"))
+        download_tree(transport, str(tmp_path / f"up{i}"), tmp_path / f"down{i}")
+
+    deadline = time.monotonic() + 10
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == baseline, [t.name for t in threading.enumerate()]

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from workers.transports.base import FileDigest, FileStat, Transport, TransportError, WriteStream
 from workers.transports.local import LocalTransport
@@ -380,15 +381,13 @@ class _Copy:
     def _download_batches(self, batches: list[list[_File]]) -> None:
         """Download, hashing each batch's remote sources while earlier batches are copied."""
         helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-far-hash")
+        digests: list[Future[dict[str, FileDigest | None]]] = []
         try:
-            digests = [helper.submit(self._far_digests, batch) for batch in batches]
+            digests += [helper.submit(self._far_digests, batch) for batch in batches]
             for batch, batch_digests in zip(batches, digests, strict=True):
                 self._send_and_publish(batch, batch_digests)
         finally:
-            # close the helper thread's own connection (connections are per thread); after a
-            # failure, do not wait for long remote hashes: they end (and close) on their own
-            helper.submit(self.far.fs.close)
-            helper.shutdown(wait=False, cancel_futures=True)
+            self._let_go(helper, digests)
 
     def _send_and_publish(
         self, batch: list[_File], far_digests: Future[dict[str, FileDigest | None]] | None
@@ -403,18 +402,31 @@ class _Copy:
         # Uploading both: the far side hashes the large files (a helper thread, its own
         # connection, opened while they are sent) while the small ones are sent.
         helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-far-hash")
+        work: list[Future[Any]] = []
         try:
-            helper.submit(self.far.fs.run, "true", timeout=DIGEST_TIMEOUT_BASE_SEC)
+            work.append(helper.submit(self.far.fs.run, "true", timeout=DIGEST_TIMEOUT_BASE_SEC))
             self._send_large(large)
             large_digests = helper.submit(self._far_digests, large)
+            work.append(large_digests)
             self._send_small_groups(groups)
             small_digests = self._far_digests([item for group in groups for item in group])
             digests: Future[dict[str, FileDigest | None]] = Future()
             digests.set_result({**large_digests.result(), **small_digests})
         finally:
-            helper.submit(self.far.fs.close)
-            helper.shutdown(wait=False, cancel_futures=True)
+            self._let_go(helper, work)
         self._verify_and_publish(batch, digests)
+
+    def _let_go(self, helper: ThreadPoolExecutor, work: Sequence[Future[Any]]) -> None:
+        """End a far-side helper without waiting for it, and close its own connection.
+
+        Work it has not started is dropped (after a failure nobody needs it); what it is
+        doing (a long remote hash) ends on its own, and the close queued behind it then
+        runs: connections are per thread, so only the helper can close its own.
+        """
+        for future in work:
+            future.cancel()  # no effect on work under way or done
+        helper.submit(self.far.fs.close)
+        helper.shutdown(wait=False)
 
     def _send_large(self, items: list[_File]) -> None:
         for item in items:
