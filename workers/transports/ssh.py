@@ -640,27 +640,60 @@ class _SFTPStream:
             )
 
 
+class _Requests:
+    """SFTP requests sent without waiting for their answers, answered in any order.
+
+    This is the one place that uses paramiko's request/response internals
+    (``_async_request``/``_read_response``), which is why paramiko is pinned. An answer
+    that arrives while another one is awaited comes to ``_async_response`` and is kept.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self._sftp = sftp
+        self._arrived: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def send(self, kind: int, *args: object) -> int:
+        return self._sftp._async_request(self, kind, *args)
+
+    def answer(self, number: int) -> tuple[int, paramiko.Message | None]:
+        """The answer to request ``number``; raises on an error status.
+
+        The status "end of file" is no error: it comes back as ``(CMD_STATUS, None)`` (a
+        lost connection raises an SSHException).
+        """
+        try:
+            if number not in self._arrived:
+                return self._sftp._read_response(number)
+            kind, message = self._arrived.pop(number)
+            if kind == CMD_STATUS:
+                self._sftp._convert_status(message)  # raises unless it is "OK"
+            return kind, message
+        except EOFError:
+            return CMD_STATUS, None
+
+    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
+        """paramiko's callback for an answer that arrived before the one being waited for."""
+        self._arrived[number] = (kind, message)
+
+
 class _PipelinedReader:
     """Sequential SFTP reads with a fixed number of requests in flight.
 
     paramiko's own ``prefetch`` requests the whole file at once and looks up every chunk
     with a scan over everything buffered, which gets slower the more has arrived
     (single-digit MB/s with a large window). A bounded window of requests, which OpenSSH
-    answers in order, keeps the link busy with constant memory. This uses paramiko's
-    request/response internals (``_async_request``/``_read_response``), which is why
-    paramiko is pinned.
+    answers in order, keeps the link busy with constant memory.
     """
 
     def __init__(
         self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, offset: int, size: int | None
     ) -> None:
-        self._sftp = sftp
+        self._requests = _Requests(sftp)
         self._handle = handle.handle
         # a small file gets as many requests as it needs, not a full window of them
         self._expected_end = size if size is not None else float("inf")
         self._next_offset = offset  # of the next request to send
         self._in_flight: deque[tuple[int, int, int]] = deque()  # (request, offset, length)
-        self._arrived: dict[int, tuple[int, paramiko.Message]] = {}
         self._leftover = b""
         self._eof = False
 
@@ -688,18 +721,12 @@ class _PipelinedReader:
         return data
 
     def _request(self, offset: int, length: int) -> None:
-        number = self._sftp._async_request(self, CMD_READ, self._handle, int64(offset), length)
+        number = self._requests.send(CMD_READ, self._handle, int64(offset), length)
         self._in_flight.append((number, offset, length))
 
     def _response(self, number: int) -> bytes:
-        try:
-            if number in self._arrived:
-                kind, message = self._arrived.pop(number)
-                if kind == CMD_STATUS:
-                    self._sftp._convert_status(message)
-            else:
-                kind, message = self._sftp._read_response(number)
-        except EOFError:
+        kind, message = self._requests.answer(number)
+        if message is None:
             return b""  # SFTP status EOF: reading at or past the end
         if kind != CMD_DATA:
             raise SFTPError(f"expected data, got SFTP message type {kind}")
@@ -711,10 +738,6 @@ class _PipelinedReader:
         while self._in_flight:
             number, _, _ = self._in_flight.popleft()
             self._response(number)
-
-    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
-        """paramiko's callback for an answer that arrived before the one being waited for."""
-        self._arrived[number] = (kind, message)
 
 
 class _FileFailed(Exception):
@@ -734,17 +757,15 @@ class _Pipeline:
     """Many small SFTP requests in flight, each answer handled by its own callback.
 
     A file's open is answered with a handle; its callback then sends the read or write and
-    the close, so a window of files costs about one round trip, not three per file. OpenSSH
-    answers in order; answers that come early are kept (``_async_response``), as in
-    :class:`_PipelinedReader`. After the first failure no new file is started, every
-    request in flight is still waited for and every handle opened is closed, then the
-    failure is raised as :class:`_FileFailed`.
+    the close, so a window of files costs about one round trip, not three per file. After
+    the first failure no new file is started, every request in flight is still waited for
+    and every handle opened is closed, then the failure is raised as :class:`_FileFailed`.
     """
 
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
         self._sftp = sftp
+        self._requests = _Requests(sftp)
         self._in_flight: deque[tuple[int, str, str, _Reply]] = deque()  # number, paths, reply
-        self._arrived: dict[int, tuple[int, paramiko.Message]] = {}
         self._failure: _FileFailed | None = None
 
     def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
@@ -808,8 +829,7 @@ class _Pipeline:
         self._send(path, _ok, CMD_CLOSE, handle)
 
     def _send(self, path: str, reply: _Reply, kind: int, *args: object, other: str = "") -> None:
-        number = self._sftp._async_request(self, kind, *args)
-        self._in_flight.append((number, path, other, reply))
+        self._in_flight.append((self._requests.send(kind, *args), path, other, reply))
 
     def _run(self, count: int, start: Callable[[int], None]) -> None:
         started = 0
@@ -825,8 +845,7 @@ class _Pipeline:
                 break
             number, path, other, reply = self._in_flight.popleft()
             try:
-                kind, message = self._answer(number)
-                reply(kind, message)
+                reply(*self._requests.answer(number))
             except _PARAMIKO_ERRORS as exc:  # the server said no, or the connection is gone
                 if self._failure is None:
                     self._failure = _FileFailed(exc, path, other)
@@ -834,22 +853,6 @@ class _Pipeline:
                     break  # nothing more will be answered
         if self._failure is not None:
             raise self._failure
-
-    def _answer(self, number: int) -> tuple[int, paramiko.Message | None]:
-        """The answer to request ``number``; raises on an error status (EOF is no error)."""
-        try:
-            if number not in self._arrived:
-                return self._sftp._read_response(number)
-            kind, message = self._arrived.pop(number)
-            if kind == CMD_STATUS:
-                self._sftp._convert_status(message)  # raises unless it is "OK"
-            return kind, message
-        except EOFError:  # the status "end of file" (a lost connection is an SSHException)
-            return CMD_STATUS, None
-
-    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
-        """paramiko's callback for an answer that arrived before the one being waited for."""
-        self._arrived[number] = (kind, message)
 
 
 def _ok(kind: int, message: paramiko.Message | None) -> None:

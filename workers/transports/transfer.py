@@ -559,17 +559,23 @@ class _Copy:
         self._verify_and_publish(mismatched, None)
 
 
+def _groups(items: list[_File], *, files: int, size: int) -> list[list[_File]]:
+    """Consecutive groups of ``items``: a group is closed once it holds ``files`` files or
+    ``size`` bytes (so it can pass ``size`` by its last file)."""
+    groups: list[list[_File]] = [[]]
+    total = 0
+    for item in items:
+        if len(groups[-1]) >= files or total >= size:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += item.size
+    return [group for group in groups if group]
+
+
 def _batches(items: list[_File]) -> list[list[_File]]:
     """Consecutive groups verified with one checksum command each."""
-    batches: list[list[_File]] = [[]]
-    size = 0
-    for item in items:
-        if len(batches[-1]) >= VERIFY_BATCH_FILES or size >= VERIFY_BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(item)
-        size += item.size
-    return [batch for batch in batches if batch]
+    return _groups(items, files=VERIFY_BATCH_FILES, size=VERIFY_BATCH_BYTES)
 
 
 def _hash_and_write(digest: hashlib._Hash, writer: WriteStream, chunk: bytes) -> None:
@@ -579,17 +585,8 @@ def _hash_and_write(digest: hashlib._Hash, writer: WriteStream, chunk: bytes) ->
 
 def _small_groups(batch: list[_File]) -> list[list[_File]]:
     """The batch's small files in groups sent at once, bounded in count and bytes."""
-    groups: list[list[_File]] = [[]]
-    size = 0
-    for item in batch:
-        if item.size > SMALL_FILE_BYTES:
-            continue
-        if len(groups[-1]) >= SMALL_GROUP_FILES or size + item.size > SMALL_GROUP_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(item)
-        size += item.size
-    return [group for group in groups if group]
+    small = [item for item in batch if item.size <= SMALL_FILE_BYTES]
+    return _groups(small, files=SMALL_GROUP_FILES, size=SMALL_GROUP_BYTES)
 
 
 def _digest_timeout(total_bytes: int) -> float:
