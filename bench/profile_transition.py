@@ -86,7 +86,9 @@ def _profile(count: int, profile: bool) -> None:
     elapsed = time.perf_counter() - start
     print(f"{elapsed * 1000 / count:.2f} ms per transition over {count}")
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("N", "25"))
+        )
 
 
 if __name__ == "__main__":

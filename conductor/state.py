@@ -16,17 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
 from django.utils import timezone
 
 from cases.models import Case, CaseEvent, WorkflowStep
 from conductor import notifications, retry, workflow
 from gpus.models import GPUResource
 from gpus.services import free_gpu_exists, gpu_held_by, release_gpu, reserve_gpu
+from mqi_site import rows
 from mqi_site.config import Config, StepSpec, case_id_path_problem, get_config
 from mqi_site.messaging import (
     NOTIFIER,
@@ -366,9 +366,28 @@ def advance_waiting_cases(*, limit: int = 200) -> int:
 # --- internals ------------------------------------------------------------------------
 
 
+# The statements of the hot path (a step run's outcome -> the next command) are written
+# here and run through :mod:`mqi_site.rows`: the ORM's query building cost more than
+# PostgreSQL took to run them.  Everything else goes through the ORM.
+
+
+@cache
+def _case_sql(where: str) -> str:
+    return f"SELECT {rows.select_list(Case)} FROM cases_case WHERE {where}"
+
+
+@cache
+def _run_with_gpu_sql() -> str:
+    return (
+        f"SELECT {rows.select_list(WorkflowStep, 'r')}, {rows.select_list(GPUResource, 'g')} "
+        "FROM cases_workflowstep r LEFT JOIN gpus_gpuresource g ON g.id = r.gpu_id "
+        f"WHERE r.id = %s{rows.for_update(of='r')}"
+    )
+
+
 def _lock_case(case_pk: int, *, skip_locked: bool = False) -> Case | None:
-    cases = Case.objects.select_for_update(skip_locked=skip_locked).filter(pk=case_pk)
-    case = cases.first()
+    lock = rows.for_update(skip_locked=skip_locked)
+    case = rows.fetch(Case, _case_sql("id = %s") + lock, [case_pk])
     if case is None and not skip_locked:
         raise Case.DoesNotExist(f"no case with pk {case_pk}")
     return case
@@ -379,16 +398,13 @@ def _lock_current_run(
 ) -> tuple[Case, WorkflowStep] | None:
     """Lock the case and its step run if the run is in flight; record and drop it if not."""
     # One statement finds and locks the case (only the case: runs are locked after it)
-    case = Case.objects.select_for_update(of=("self",)).filter(steps__pk=step_run_id).first()
+    of_run = "id = (SELECT case_id FROM cases_workflowstep WHERE id = %s)"
+    case = rows.fetch(Case, _case_sql(of_run) + rows.for_update(), [step_run_id])
     if case is None:
         log.warning("outcome %s for unknown step run %s ignored", command, step_run_id)
         return None
     # the run's GPU comes along, read after the case lock was taken (see _held_gpu)
-    run = (
-        WorkflowStep.objects.select_for_update(of=("self",))
-        .select_related("gpu")
-        .get(pk=step_run_id)
-    )
+    run = _run_with_gpu(step_run_id)
     route = STEP_ROUTES.get(run.type)
     expected = route is not None and command in (route.success, route.failure)
     if not run.is_active or case.status != Case.Status.PROCESSING or not expected:
@@ -397,6 +413,16 @@ def _lock_current_run(
         log.info("case %s: stale %s for %s ignored", case.case_id, command, run)
         return None
     return case, run
+
+
+def _run_with_gpu(step_run_id: int) -> WorkflowStep:
+    with connection.cursor() as cursor:
+        cursor.execute(_run_with_gpu_sql(), [step_run_id])
+        row = cursor.fetchone()
+    width = rows.width(WorkflowStep)
+    run = rows.from_row(WorkflowStep, row[:width])
+    run.gpu = None if run.gpu_id is None else rows.from_row(GPUResource, row[width:])
+    return run
 
 
 def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None:
@@ -408,8 +434,17 @@ def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None
     if status == WorkflowStep.Status.FAILED:
         run.error_kind = outcome.get("error_kind") or ErrorKind.PERMANENT
         run.error_message = outcome.get("error_message") or ""
-    run.save(update_fields=_FINISH_FIELDS)
+    rows.update(run, _FINISH_FIELDS)
 
+
+_NEXT_ATTEMPT = (
+    "COALESCE((SELECT MAX(attempt) FROM cases_workflowstep WHERE case_id = %s AND name = %s), 0)"
+    " + 1"
+)
+# the order of advance_waiting_cases; the host the GPU is on, or any
+_FIRST_WAITING = (
+    "status = %s AND (host = '' OR host = %s) ORDER BY priority DESC, created_at, id LIMIT 1"
+)
 
 _FINISH_FIELDS = [
     "status",
@@ -510,7 +545,7 @@ def _start_or_wait(case: Case, spec: StepSpec, config: Config, gpu: Any = _LOOK_
             became_waiting = case.status != Case.Status.PENDING_RESOURCE
             case.status = Case.Status.PENDING_RESOURCE
             case.workflow_step = spec.name
-            case.save(update_fields=_MOVE_FIELDS)
+            rows.update(case, _MOVE_FIELDS)
             if became_waiting:
                 _event(case, "waiting_for_gpu", f"{spec.name} waits for a free GPU")
                 # A GPU released after our look but before our commit would find no
@@ -525,7 +560,7 @@ def _start_or_wait(case: Case, spec: StepSpec, config: Config, gpu: Any = _LOOK_
     case.status = Case.Status.PROCESSING
     case.workflow_step = spec.name
     case.progress = spec.progress
-    case.save(update_fields=_MOVE_FIELDS)
+    rows.update(case, _MOVE_FIELDS)
     _dispatch(case, spec, gpu, config)
 
 
@@ -533,14 +568,11 @@ def _dispatch(
     case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config, delay_ms: int | None = None
 ) -> WorkflowStep:
     route = STEP_ROUTES[spec.type]
-    # numbered in the INSERT itself (the case is locked: no other attempt can be inserted)
-    earlier = case.steps.filter(name=spec.name).order_by("-attempt").values("attempt")[:1]
     now = timezone.now()
-    run = WorkflowStep.objects.create(
+    run = WorkflowStep(
         case=case,
         name=spec.name,
         type=spec.type,
-        attempt=Coalesce(Subquery(earlier), 0) + 1,
         status=WorkflowStep.Status.DISPATCHED,
         gpu=gpu,
         host=case.host,
@@ -548,7 +580,9 @@ def _dispatch(
         dispatched_at=now,
         deadline=now + dispatch_grace(config) + timedelta(milliseconds=delay_ms or 0),
     )
-    del run.attempt  # deferred: read from the database if anyone asks
+    # numbered in the INSERT itself (the case is locked: no other attempt can be inserted);
+    # deferred afterwards: read from the database if anyone asks
+    rows.insert(run, computed={"attempt": (_NEXT_ATTEMPT, [case.pk, spec.name])})
     send_on_commit(
         route.actor,
         route.command,
@@ -620,7 +654,7 @@ def _end(
     case.finished_at = timezone.now()
     if status == Case.Status.COMPLETED:
         case.progress = 100
-    case.save()
+    rows.update(case, _MOVE_FIELDS)
     if held is None:
         released = None  # it holds none
     else:
@@ -632,9 +666,8 @@ def _end(
 def _event(
     case: Case, kind: str, message: str, *, run: WorkflowStep | None = None, actor: str = ""
 ) -> CaseEvent:
-    event = CaseEvent.objects.create(
-        case=case, kind=kind, message=message, step_run=run, actor=actor
-    )
+    event = CaseEvent(case=case, kind=kind, message=message, step_run=run, actor=actor)
+    rows.insert(event)
     log.info("case %s: %s: %s", case.case_id, kind, message)
     if notifications.wants_notification(kind):
         send_on_commit(NOTIFIER, Command.NOTIFY, {"case_id": case.case_id, "event_id": event.pk})
@@ -650,11 +683,10 @@ def _hand_over(gpu: GPUResource | None, config: Config) -> None:
     when none can be taken here, every waiting case is looked at after the commit.
     """
     if gpu is not None and gpu.status == GPUResource.Status.AVAILABLE:
-        first = (
-            Case.objects.select_for_update(skip_locked=True)
-            .filter(Q(host="") | Q(host=gpu.host), status=Case.Status.PENDING_RESOURCE)
-            .order_by("-priority", "created_at", "pk")
-            .first()
+        first = rows.fetch(
+            Case,
+            _case_sql(_FIRST_WAITING) + rows.for_update(skip_locked=True),
+            [Case.Status.PENDING_RESOURCE, gpu.host],
         )
         if first is not None:
             _advance_locked(first, config)
