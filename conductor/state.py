@@ -385,6 +385,27 @@ def _run_with_gpu_sql() -> str:
     )
 
 
+# a new step run's attempt number, worked out in its INSERT
+_NEXT_ATTEMPT = (
+    "COALESCE((SELECT MAX(attempt) FROM cases_workflowstep WHERE case_id = %s AND name = %s), 0)"
+    " + 1"
+)
+# the order of advance_waiting_cases; the host the GPU is on, or any
+_FIRST_WAITING = (
+    "status = %s AND (host = '' OR host = %s) ORDER BY priority DESC, created_at, id LIMIT 1"
+)
+
+
+def _run_with_gpu(step_run_id: int) -> WorkflowStep:
+    with connection.cursor() as cursor:
+        cursor.execute(_run_with_gpu_sql(), [step_run_id])
+        row = cursor.fetchone()
+    width = rows.width(WorkflowStep)
+    run = rows.from_row(WorkflowStep, row[:width])
+    run.gpu = None if run.gpu_id is None else rows.from_row(GPUResource, row[width:])
+    return run
+
+
 def _lock_case(case_pk: int, *, skip_locked: bool = False) -> Case | None:
     lock = rows.for_update(skip_locked=skip_locked)
     case = rows.fetch(Case, _case_sql("id = %s") + lock, [case_pk])
@@ -415,16 +436,6 @@ def _lock_current_run(
     return case, run
 
 
-def _run_with_gpu(step_run_id: int) -> WorkflowStep:
-    with connection.cursor() as cursor:
-        cursor.execute(_run_with_gpu_sql(), [step_run_id])
-        row = cursor.fetchone()
-    width = rows.width(WorkflowStep)
-    run = rows.from_row(WorkflowStep, row[:width])
-    run.gpu = None if run.gpu_id is None else rows.from_row(GPUResource, row[width:])
-    return run
-
-
 def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None:
     run.status = status
     run.finished_at = timezone.now()
@@ -436,15 +447,6 @@ def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None
         run.error_message = outcome.get("error_message") or ""
     rows.update(run, _FINISH_FIELDS)
 
-
-_NEXT_ATTEMPT = (
-    "COALESCE((SELECT MAX(attempt) FROM cases_workflowstep WHERE case_id = %s AND name = %s), 0)"
-    " + 1"
-)
-# the order of advance_waiting_cases; the host the GPU is on, or any
-_FIRST_WAITING = (
-    "status = %s AND (host = '' OR host = %s) ORDER BY priority DESC, created_at, id LIMIT 1"
-)
 
 _FINISH_FIELDS = [
     "status",
