@@ -398,7 +398,7 @@ _FIRST_WAITING = (
 
 def _run_with_gpu(step_run_id: int) -> WorkflowStep:
     with connection.cursor() as cursor:
-        cursor.execute(_run_with_gpu_sql(), [step_run_id])
+        rows.query(cursor, _run_with_gpu_sql(), [step_run_id])
         row = cursor.fetchone()
     width = rows.width(WorkflowStep)
     run = rows.from_row(WorkflowStep, row[:width])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
@@ -123,3 +123,36 @@ def test_for_update_skip_locked_passes_over_a_row_another_transaction_holds() ->
         assert rows.fetch(Case, sql, [case.pk]).pk == case.pk
     assert sql.endswith(" FOR UPDATE SKIP LOCKED")
     assert rows.for_update(of="r") == ' FOR UPDATE OF "r"'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_are_prepared_once_per_connection() -> None:
+    case = make_case()
+    sql = select_case("id = %s")
+
+    def prepared_here() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return [row[0] for row in cursor.fetchall() if sql.split(" FROM ")[0] in row[0]]
+
+    for _ in range(3):
+        assert rows.fetch(Case, sql, [case.pk]).pk == case.pk
+    assert len(prepared_here()) == 1
+    connection.close()  # as Django does after an error or CONN_MAX_AGE
+    assert rows.fetch(Case, sql, [case.pk]).pk == case.pk
+    assert len(prepared_here()) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_lost_on_the_server_is_prepared_again() -> None:
+    case = make_case()
+    sql = select_case("id = %s")
+    assert rows.fetch(Case, sql, [case.pk]) is not None
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # the server forgot it (as a changed table would)
+
+    with pytest.raises(DatabaseError), transaction.atomic():
+        rows.fetch(Case, sql, [case.pk])
+
+    with transaction.atomic():
+        assert rows.fetch(Case, sql, [case.pk]).pk == case.pk
