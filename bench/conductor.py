@@ -23,6 +23,7 @@ from bench.infra import (
     Row,
     at_least,
     at_most,
+    idle_cpu_percent,
     median,
     own_broker_id,
     percentile,
@@ -84,7 +85,8 @@ def _start_conductor(ctx: Context, worker_timeout_ms: int, processes: int = 1):
 # --- hop latency ------------------------------------------------------------------------
 
 
-def _hop_samples(ctx: Context, worker_timeout_ms: int, count: int) -> list[float]:
+def _hop_samples(ctx: Context, worker_timeout_ms: int, count: int) -> tuple[list[float], float]:
+    """Hop latencies, and the conductor's idle CPU (% of a core) at this worker timeout."""
     reset_state()
     use_config(ctx.root / "config-hop.yaml", sample_config(ctx.root))
     warmup = 20
@@ -93,6 +95,7 @@ def _hop_samples(ctx: Context, worker_timeout_ms: int, count: int) -> list[float
     watcher = Watcher()
     samples = []
     try:
+        idle = idle_cpu_percent(conductor, seconds=ctx.options.scaled(10, 3))
         for i, case in enumerate(cases):
             _idle_pause()
             ms, command = watcher.hop(
@@ -104,14 +107,14 @@ def _hop_samples(ctx: Context, worker_timeout_ms: int, count: int) -> list[float
                 samples.append(ms)
     finally:
         ctx.processes.stop(conductor)
-    return samples
+    return samples, idle
 
 
 def hop_latency(ctx: Context) -> Outcome:
     out = Outcome()
     chosen = ctx.options.worker_timeout_ms
     count = ctx.options.scaled(400, 100)
-    samples = _hop_samples(ctx, chosen, count)
+    samples, idle = _hop_samples(ctx, chosen, count)
     p50, p99 = median(samples), percentile(samples, 99)
     detail = f"n={len(samples)}, p95 {percentile(samples, 95):.1f}, max {max(samples):.1f}"
     out.rows += [
@@ -127,11 +130,12 @@ def hop_latency(ctx: Context) -> Outcome:
         Row(
             "hop latency", f"p99 (worker_timeout {chosen} ms)", p99, "ms", "≤ 50", at_most(p99, 50)
         ),
+        _idle_row(chosen, idle),
     ]
     for other in (5, 20):
         if other == chosen:
             continue
-        extra = _hop_samples(ctx, other, ctx.options.scaled(150, 50))
+        extra, idle = _hop_samples(ctx, other, ctx.options.scaled(150, 50))
         out.rows.append(
             Row(
                 "hop latency",
@@ -143,15 +147,30 @@ def hop_latency(ctx: Context) -> Outcome:
                 f"p99 {percentile(extra, 99):.1f} ms, n={len(extra)}",
             )
         )
+        out.rows.append(_idle_row(other, idle))
     out.notes.append(
         "Hop latency: `case_upload_completed` enqueued by the bench (as a transfer worker "
         "would) → `execute_command` of the next step on `remote_executor_queue`, observed with "
         "BLPOP. Conductor: `manage.py rundramatiq --processes 1 --threads 4 -Q "
         "conductor_queue` (its own process), PostgreSQL and Redis on 127.0.0.1. A random "
         "30-60 ms pause before each outcome lets the idle consumer fall back to its "
-        "`dramatiq_worker_timeout` rhythm, as between real outcomes; 20 warm-up hops dropped."
+        "`dramatiq_worker_timeout` rhythm, as between real outcomes; 20 warm-up hops dropped. "
+        "Idle CPU: the conductor's processes (`rundramatiq` and its worker) over 10 s with no "
+        "message, before the hops: what a shorter idle timeout costs when nothing happens."
     )
     return out
+
+
+def _idle_row(worker_timeout_ms: int, percent: float) -> Row:
+    return Row(
+        "hop latency",
+        f"idle conductor CPU (worker_timeout {worker_timeout_ms} ms)",
+        percent,
+        "% core",
+        "",
+        None,
+        "one queue and its delay queue polled",
+    )
 
 
 # --- throughput -----------------------------------------------------------------------

@@ -245,6 +245,30 @@ class Processes:
             self.stop(process)
 
 
+def cpu_seconds(group: int) -> float:
+    """CPU time (user + system) used so far by the live processes of process group ``group``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we looked
+        # after the command name: state ppid pgrp ... utime (12th) stime (13th)
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def idle_cpu_percent(process: subprocess.Popen, seconds: float = 10) -> float:
+    """Share of one core that ``process`` and its children use while nothing arrives."""
+    before, start = cpu_seconds(process.pid), time.monotonic()
+    time.sleep(seconds)
+    return 100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - start)
+
+
 def wait_for_consumers(count: int, *, timeout: float = 60, exclude: Iterable[str] = ()) -> None:
     """Wait until ``count`` Dramatiq worker processes have looked at Redis db 12.
 
