@@ -136,7 +136,8 @@ if env_bool("MQI_PROMETHEUS"):
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     DRAMATIQ_BROKER = {
-        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        # Dramatiq's Redis broker, whose idle consumers wake when a message arrives
+        "BROKER": "mqi_site.broker.DoorbellRedisBroker",
         "OPTIONS": {"url": REDIS_URL},
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }

@@ -1,0 +1,111 @@
+"""Idle consumers wake on the doorbell, not on a timer (real Redis, real Dramatiq workers).
+
+The doorbell consumer's periodic look, the only other way it would find a new message, is
+set to 4 s here (below redis-py's 5 s socket timeout), twice the tests' patience, so a
+message that arrives within that patience arrived because the doorbell rang.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Worker
+from dramatiq.common import dq_name
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from mqi_site import broker as doorbell
+from tests.brokers import redis_broker_swapped_in
+
+LOOK_MS = 4_000
+PATIENCE_SEC = 2
+
+
+@pytest.fixture
+def broker(monkeypatch) -> Iterator[doorbell.DoorbellRedisBroker]:
+    monkeypatch.setattr(doorbell, "IDLE_LOOK_MS", LOOK_MS)
+    with redis_broker_swapped_in() as redis_broker:
+        yield redis_broker
+
+
+def start_worker(broker, actor, threads: int = 2) -> Worker:
+    worker = Worker(broker, queues={actor.queue_name}, worker_threads=threads, worker_timeout=100)
+    worker.start()
+    return worker
+
+
+def stop(worker: Worker, broker) -> None:
+    # a consumer waiting on its doorbell notices the stop when it next wakes: wake it
+    for queue, consumer in worker.consumers.items():
+        consumer.stop()
+        broker.ring(queue)
+    worker.stop(timeout=10_000)
+
+
+def test_an_idle_consumer_wakes_when_a_message_arrives(broker):
+    seen: list[int] = []
+    arrived = threading.Event()
+
+    @dramatiq.actor(queue_name="doorbell_test", broker=broker)
+    def note(n: int) -> None:
+        seen.append(n)
+        arrived.set()
+
+    worker = start_worker(broker, note)
+    try:
+        for n in range(3):
+            arrived.clear()
+            time.sleep(0.2)  # the consumer has found its queue empty and waits
+            note.send(n)
+            assert arrived.wait(timeout=PATIENCE_SEC), f"message {n} was not delivered"
+    finally:
+        stop(worker, broker)
+
+    assert seen == [0, 1, 2]
+
+
+def test_a_consumer_with_its_hands_full_takes_more_as_soon_as_one_is_done(broker):
+    """More messages than prefetch allows in hand: the rest come as acks free the slots."""
+    done = threading.Semaphore(0)
+
+    @dramatiq.actor(queue_name="doorbell_burst", broker=broker)
+    def work(n: int) -> None:
+        done.release()
+
+    for n in range(40):  # queued before the worker starts: no bell rings for them
+        work.send(n)
+    worker = start_worker(broker, work, threads=1)  # prefetch 2
+    try:
+        for n in range(40):
+            assert done.acquire(timeout=PATIENCE_SEC), f"only {n} of 40 messages processed"
+    finally:
+        stop(worker, broker)
+
+
+def test_the_doorbell_holds_at_most_one_token(broker):
+    @dramatiq.actor(queue_name="doorbell_tokens", broker=broker)
+    def nothing() -> None:
+        pass
+
+    for _ in range(5):
+        nothing.send()
+    nothing.send_with_options(delay=60_000)  # a delay queue has no doorbell
+
+    client = redis.Redis(connection_pool=broker.client.connection_pool)
+    assert client.llen(broker.doorbell("doorbell_tokens")) == 1
+    assert not client.exists(broker.doorbell(dq_name("doorbell_tokens")))
+
+
+def test_a_lost_connection_while_waiting_ends_in_connection_closed(broker):
+    consumer = broker.consume("doorbell_lost", timeout=100)
+    broker.client.connection_pool.disconnect()
+    # nothing listens there; no retries
+    broker.client = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+
+    with pytest.raises(dramatiq.errors.ConnectionClosed):
+        next(consumer)
