@@ -42,8 +42,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--worker-timeout-ms",
         type=int,
-        default=10,
-        help="dramatiq_worker_timeout of the worker processes (default 10)",
+        default=20,
+        help="dramatiq_worker_timeout of the worker processes (default 20, as in production)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     return parser.parse_args(argv)

@@ -160,7 +160,7 @@ def use_config(path: Path, config: dict[str, Any]) -> Path:
 class Options:
     """What the command line chose."""
 
-    worker_timeout_ms: int = 10
+    worker_timeout_ms: int = 20
     quick: bool = False
     only: set[str] = field(default_factory=set)
 
@@ -211,7 +211,7 @@ class Processes:
         *,
         processes: int = 1,
         threads: int = 4,
-        worker_timeout_ms: int = 10,
+        worker_timeout_ms: int = 20,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         argv = [
