@@ -12,8 +12,9 @@ On PostgreSQL each statement is also planned once per connection (``PREPARE``, t
 
 Values go through each field's ``pre_save`` (``auto_now`` works) and
 ``get_db_prep_save``; columns come from ``_meta``, so a renamed field changes the SQL with
-it.  Unlike ``save()``, no model signals are sent (the project connects none).  Nothing here starts or ends a transaction: callers run inside ``transaction.atomic()``
-and take row locks in the order they document.
+it.  Unlike ``save()``, no model signals are sent (the project connects none).  Nothing
+here starts or ends a transaction: callers run inside ``transaction.atomic()`` and take
+row locks in the order they document.
 """
 
 from __future__ import annotations
