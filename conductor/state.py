@@ -19,7 +19,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from cases.models import Case, CaseEvent, WorkflowStep
@@ -397,9 +397,7 @@ _FIRST_WAITING = (
 
 
 def _run_with_gpu(step_run_id: int) -> WorkflowStep:
-    with connection.cursor() as cursor:
-        rows.query(cursor, _run_with_gpu_sql(), [step_run_id])
-        row = cursor.fetchone()
+    row = rows.fetch_row(_run_with_gpu_sql(), [step_run_id])
     width = rows.width(WorkflowStep)
     run = rows.from_row(WorkflowStep, row[:width])
     run.gpu = None if run.gpu_id is None else rows.from_row(GPUResource, row[width:])

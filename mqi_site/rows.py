@@ -134,11 +134,16 @@ def _numbered(sql: str) -> str:
     return "".join(numbered)
 
 
-def fetch(model: type[M], sql: str, params: Sequence[Any]) -> M | None:
-    """The first row of ``sql`` (selecting :func:`select_list`) as a ``model`` instance."""
+def fetch_row(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The first row of ``sql``, as the database driver returns it."""
     with connection.cursor() as cursor:
         query(cursor, sql, params)
-        row = cursor.fetchone()
+        return cursor.fetchone()
+
+
+def fetch(model: type[M], sql: str, params: Sequence[Any]) -> M | None:
+    """The first row of ``sql`` (selecting :func:`select_list`) as a ``model`` instance."""
+    row = fetch_row(sql, params)
     return None if row is None else from_row(model, row)
 
 

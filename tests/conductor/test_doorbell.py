@@ -47,6 +47,20 @@ def stop(worker: Worker, broker) -> None:
     worker.stop(timeout=10_000)
 
 
+def wait_until_blocked_on_doorbell(broker) -> None:
+    """Until a client of this Redis database waits in BLPOP: the consumer found its queue
+    empty and went to its doorbell."""
+    client = redis.Redis(connection_pool=broker.client.connection_pool)
+    db = broker.client.connection_pool.connection_kwargs["db"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        clients = client.client_list()
+        if any(c["cmd"] == "blpop" and int(c["db"]) == db for c in clients):
+            return
+        time.sleep(0.01)
+    raise AssertionError("no consumer went to wait on its doorbell")
+
+
 def test_an_idle_consumer_wakes_when_a_message_arrives(broker):
     seen: list[int] = []
     arrived = threading.Event()
@@ -60,7 +74,7 @@ def test_an_idle_consumer_wakes_when_a_message_arrives(broker):
     try:
         for n in range(3):
             arrived.clear()
-            time.sleep(0.2)  # the consumer has found its queue empty and waits
+            wait_until_blocked_on_doorbell(broker)
             note.send(n)
             assert arrived.wait(timeout=PATIENCE_SEC), f"message {n} was not delivered"
     finally:
