@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 import redis
-from dramatiq import Worker
+from dramatiq import Message, Worker
 from dramatiq.common import dq_name
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -99,6 +99,35 @@ def test_a_consumer_with_its_hands_full_takes_more_as_soon_as_one_is_done(broker
             assert done.acquire(timeout=PATIENCE_SEC), f"only {n} of 40 messages processed"
     finally:
         stop(worker, broker)
+
+
+def test_messages_a_stopping_consumer_puts_back_wake_an_idle_one(broker):
+    """Dramatiq's requeue (a worker shutting down with messages in hand) rings too: the push
+    and its ring are one script in Redis."""
+    broker.declare_queue("doorbell_requeue")
+    broker.enqueue(Message("doorbell_requeue", "nothing", (), {}, {}))
+    leaving = broker.consume("doorbell_requeue", timeout=100)
+    in_hand = next(leaving)
+    assert in_hand is not None
+
+    staying = broker.consume("doorbell_requeue", timeout=100)
+    received: list = []
+
+    def take() -> None:
+        deadline = time.monotonic() + LOOK_MS / 1000
+        while time.monotonic() < deadline:  # the first look eats the enqueue's token
+            message = next(staying)
+            if message is not None:
+                received.append(message)
+                return
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    wait_until_blocked_on_doorbell(broker)
+    leaving.requeue([in_hand])
+    taker.join(timeout=PATIENCE_SEC)
+
+    assert [m.message_id for m in received] == [in_hand.message_id]
 
 
 def test_the_doorbell_holds_at_most_one_token(broker):
