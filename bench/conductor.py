@@ -23,6 +23,7 @@ from bench.infra import (
     Row,
     at_least,
     at_most,
+    cpu_seconds,
     idle_cpu_percent,
     median,
     own_broker_id,
@@ -177,23 +178,22 @@ def _idle_row(worker_timeout_ms: int, percent: float) -> Row:
 # --- throughput -----------------------------------------------------------------------
 
 
-def _drain_rate(queue: str, total: int, timeout: float) -> tuple[float, float]:
-    """Messages/s of ``queue`` between 10 % and 90 % processed, and total seconds."""
+def _drain_rate(queue: str, total: int, timeout: float, group: int) -> tuple[float, float]:
+    """Messages/s of ``queue`` between 10 % and 90 % processed, and the CPU milliseconds
+    per message that process group ``group`` (the consumer) used over the same stretch."""
     client = redis_client()
     key = f"{queue_key(queue)}.msgs"
-    marks: dict[int, float] = {}
-    first = time.monotonic()
-    deadline = first + timeout
+    marks: dict[int, tuple[float, float]] = {}  # messages done -> (time, CPU seconds)
+    deadline = time.monotonic() + timeout
     low, high = int(total * 0.1), int(total * 0.9)
     while time.monotonic() < deadline:
         done = total - client.hlen(key)
-        now = time.monotonic()
-        if done >= low and low not in marks:
-            marks[low] = now
-        if done >= high and high not in marks:
-            marks[high] = now
+        for mark in (low, high):
+            if done >= mark and mark not in marks:
+                marks[mark] = (time.monotonic(), cpu_seconds(group))
         if done >= total:
-            return (high - low) / (marks[high] - marks[low]), now - first
+            (start, cpu_start), (end, cpu_end) = marks[low], marks[high]
+            return (high - low) / (end - start), 1000 * (cpu_end - cpu_start) / (high - low)
         time.sleep(0.005)
     raise TimeoutError(f"{queue}: {total - client.hlen(key)} of {total} done in {timeout:g} s")
 
@@ -202,7 +202,11 @@ def _listed(values: list[float]) -> str:
     return ", ".join(f"{value:,.0f}" for value in values)
 
 
-def _conductor_rate(ctx: Context, processes: int, count: int) -> float:
+def _listed_ms(values: list[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values)
+
+
+def _conductor_rate(ctx: Context, processes: int, count: int) -> tuple[float, float]:
     reset_state()
     use_config(ctx.root / "config-throughput.yaml", sample_config(ctx.root))
     cases = fixtures.cases_in_flight(count, step="upload_case_files", prefix="tp")
@@ -219,16 +223,16 @@ def _conductor_rate(ctx: Context, processes: int, count: int) -> float:
         worker_timeout_ms=ctx.options.worker_timeout_ms,
     )
     try:
-        rate, _ = _drain_rate(QUEUES[CONDUCTOR], count, timeout=300)
+        rate, cpu_ms = _drain_rate(QUEUES[CONDUCTOR], count, timeout=300, group=conductor.pid)
     finally:
         ctx.processes.stop(conductor)
     commands = redis_client().llen(queue_key(EXECUTOR_QUEUE))
     if commands != count:
         raise AssertionError(f"{count} transitions expected, {commands} commands enqueued")
-    return rate
+    return rate, cpu_ms
 
 
-def _noop_rate(ctx: Context, processes: int, count: int) -> float:
+def _noop_rate(ctx: Context, processes: int, count: int) -> tuple[float, float]:
     redis_client().flushdb()
     fixtures.bulk_enqueue(
         NOOP_QUEUE,
@@ -253,10 +257,9 @@ def _noop_rate(ctx: Context, processes: int, count: int) -> float:
     env = process_env(ctx.options.worker_timeout_ms)
     noop = ctx.processes.start(f"noop-{processes}p", argv, env)
     try:
-        rate, _ = _drain_rate(NOOP_QUEUE, count, timeout=300)
+        return _drain_rate(NOOP_QUEUE, count, timeout=300, group=noop.pid)
     finally:
         ctx.processes.stop(noop)
-    return rate
 
 
 def throughput(ctx: Context) -> Outcome:
@@ -267,10 +270,14 @@ def throughput(ctx: Context) -> Outcome:
     for processes in (1, 2):
         # rounds alternate conductor and reference, so a busy spell of the machine lands
         # on both; the ratio is taken per round
-        rates, references = [], []
+        rates, references, cpu, reference_cpu = [], [], [], []
         for _ in range(rounds):
-            rates.append(_conductor_rate(ctx, processes, count))
-            references.append(_noop_rate(ctx, processes, noop_count))
+            rate, cpu_ms = _conductor_rate(ctx, processes, count)
+            reference, reference_cpu_ms = _noop_rate(ctx, processes, noop_count)
+            rates.append(rate)
+            cpu.append(cpu_ms)
+            references.append(reference)
+            reference_cpu.append(reference_cpu_ms)
         ratio = median([r / n for r, n in zip(rates, references, strict=True)])
         label = f"{processes} process{'es' if processes > 1 else ''}"
         out.rows += [
@@ -301,6 +308,16 @@ def throughput(ctx: Context) -> Outcome:
                 at_least(ratio, 0.2),
                 "median of the rounds' ratios",
             ),
+            Row(
+                "conductor throughput",
+                f"CPU per transition, {label}",
+                median(cpu),
+                "ms",
+                "",
+                None,
+                f"median of {_listed_ms(cpu)} ms; no-op actor {median(reference_cpu):.2f} ms "
+                "per message",
+            ),
         ]
     out.notes.append(
         "Conductor throughput: N cases each with an upload in flight; N "
@@ -313,7 +330,10 @@ def throughput(ctx: Context) -> Outcome:
         "case and step run, finish the run, create the next run with its rendered command, "
         "`execute_command` enqueued after commit. Reference: a no-op Dramatiq actor "
         "(`bench/noop.py`, Dramatiq's default middleware, same Redis, same process and thread "
-        "counts, same message shape), measured the same way in the same run."
+        "counts, same message shape), measured the same way in the same run. CPU per "
+        "transition: user + system time of the conductor's processes over the same 10-90 % "
+        "stretch, divided by the transitions in it (less sensitive to the machine's other "
+        "load than the rate; PostgreSQL's and Redis's own CPU not included)."
     )
     return out
 
