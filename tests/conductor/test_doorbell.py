@@ -130,6 +130,38 @@ def test_messages_a_stopping_consumer_puts_back_wake_an_idle_one(broker):
     assert [m.message_id for m in received] == [in_hand.message_id]
 
 
+def test_a_busy_consumer_fetches_several_messages_per_round_trip(broker):
+    """With more than half of prefetch in hand the consumer waits for acks and then fetches
+    the free half in one call, instead of one message per ack."""
+    fetches: list[int] = []
+    fetch = broker._dispatch("fetch")
+
+    def counted_fetch(queue_name, count):
+        if queue_name == "doorbell_busy":  # not its delay queue
+            fetches.append(count)
+        return fetch(queue_name, count)
+
+    broker.do_fetch = counted_fetch  # Dramatiq's consumer calls broker.do_fetch
+    done = threading.Semaphore(0)
+
+    @dramatiq.actor(queue_name="doorbell_busy", broker=broker)
+    def work(n: int) -> None:
+        time.sleep(0.002)  # as a transition waits on the database
+        done.release()
+
+    for n in range(400):
+        work.send(n)
+    worker = start_worker(broker, work, threads=4)  # prefetch 8
+    try:
+        for n in range(400):
+            assert done.acquire(timeout=PATIENCE_SEC), f"only {n} of 400 messages processed"
+    finally:
+        stop(worker, broker)
+
+    assert min(fetches) >= 4, f"fetches asked for fewer than half of prefetch: {fetches}"
+    assert len(fetches) <= 400 / 4 + 5
+
+
 def test_the_doorbell_holds_at_most_one_token(broker):
     @dramatiq.actor(queue_name="doorbell_tokens", broker=broker)
     def nothing() -> None:
