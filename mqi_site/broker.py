@@ -94,8 +94,9 @@ class _DoorbellConsumer(_RedisConsumer):
     def __next__(self):
         self.settled.clear()
         if not self.message_cache and self.outstanding_message_count > self.prefetch // 2:
-            # More than half of prefetch in hand, so the worker threads have work: fetch
-            # when half are done, several messages in one round trip, not one per ack.
+            # More than half of prefetch in hand: with Dramatiq's prefetch (twice the
+            # worker threads) every thread has work, so fetch when half are done, several
+            # messages in one round trip, not one per ack.
             self.settled.wait(self.idle_timeout_ms / 1000)
             return None
         can_fetch = not self.message_cache and self.outstanding_message_count < self.prefetch
