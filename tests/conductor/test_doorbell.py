@@ -47,6 +47,18 @@ def stop(worker: Worker, broker) -> None:
     worker.stop(timeout=10_000)
 
 
+def send_and_process_all(broker, actor, done: threading.Semaphore, *, count: int, threads: int):
+    """Send ``count`` messages, then run a worker until ``done`` was released for each."""
+    for n in range(count):
+        actor.send(n)
+    worker = start_worker(broker, actor, threads=threads)
+    try:
+        for n in range(count):
+            assert done.acquire(timeout=PATIENCE_SEC), f"only {n} of {count} messages processed"
+    finally:
+        stop(worker, broker)
+
+
 def wait_until_blocked_on_doorbell(broker) -> None:
     """Until a client of this Redis database waits in BLPOP: the consumer found its queue
     empty and went to its doorbell."""
@@ -91,14 +103,8 @@ def test_a_consumer_with_its_hands_full_takes_more_as_soon_as_one_is_done(broker
     def work(n: int) -> None:
         done.release()
 
-    for n in range(40):  # queued before the worker starts: no bell rings for them
-        work.send(n)
-    worker = start_worker(broker, work, threads=1)  # prefetch 2
-    try:
-        for n in range(40):
-            assert done.acquire(timeout=PATIENCE_SEC), f"only {n} of 40 messages processed"
-    finally:
-        stop(worker, broker)
+    # queued before the worker starts: no bell rings for them
+    send_and_process_all(broker, work, done, count=40, threads=1)  # prefetch 2
 
 
 def test_messages_a_stopping_consumer_puts_back_wake_an_idle_one(broker):
@@ -149,14 +155,7 @@ def test_a_busy_consumer_fetches_several_messages_per_round_trip(broker):
         time.sleep(0.002)  # as a transition waits on the database
         done.release()
 
-    for n in range(400):
-        work.send(n)
-    worker = start_worker(broker, work, threads=4)  # prefetch 8
-    try:
-        for n in range(400):
-            assert done.acquire(timeout=PATIENCE_SEC), f"only {n} of 400 messages processed"
-    finally:
-        stop(worker, broker)
+    send_and_process_all(broker, work, done, count=400, threads=4)  # prefetch 8
 
     assert min(fetches) >= 4, f"fetches asked for fewer than half of prefetch: {fetches}"
     assert len(fetches) <= 400 / 4 + 5

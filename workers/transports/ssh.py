@@ -215,9 +215,7 @@ class _Chunks:
             return b""
         first = self._chunks[0]
         if self._start == 0 and len(first) == wanted:
-            return first
-        if self._start + wanted <= len(first):
-            return first[self._start : self._start + wanted]
+            return first  # a whole packet: no copy
         parts: list[memoryview] = []
         start, needed = self._start, wanted
         for chunk in self._chunks:
