@@ -33,10 +33,12 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
+from cases import provenance
 from cases.models import ACTIVE_FIRST, Case, CaseEvent, WorkflowStep
-from conductor.state import CaseStateError, case_cancel, case_change_priority, case_retry
+from conductor.operations import case_retry
+from conductor.state import CaseStateError, case_cancel, case_change_priority
 from gpus.models import GPUResource
-from mqi_site.config import case_id_path_problem, get_config
+from mqi_site.config import get_config
 
 # --- small renderers (shared with the GPU admin) --------------------------------------
 
@@ -257,13 +259,13 @@ def _report(request: HttpRequest, level: int, lines: list[str]) -> None:
 
 
 def _retry(case: Case, actor: str) -> str:
-    case = case_retry(case_pk=case.pk, from_start=False, actor=actor)
-    return f"Case {case.case_id}: retrying from {case.workflow_step}"
+    case, said = case_retry(case_pk=case.pk, from_start=False, actor=actor)
+    return f"Case {case.case_id}: folder checked again, {said}"
 
 
 def _rerun(case: Case, actor: str) -> str:
-    case = case_retry(case_pk=case.pk, from_start=True, actor=actor)
-    return f"Case {case.case_id}: re-running from the start"
+    case, said = case_retry(case_pk=case.pk, from_start=True, actor=actor)
+    return f"Case {case.case_id}: folder checked again, {said}"
 
 
 def _cancel(case: Case, actor: str) -> str:
@@ -346,6 +348,26 @@ class WorkflowFilter(admin.SimpleListFilter):
         return queryset.filter(workflow=value) if value else queryset
 
 
+class TreatmentMachineFilter(admin.SimpleListFilter):
+    """The treatment machine the plan is for (read off an index, not the whole table)."""
+
+    title = "treatment machine"
+    parameter_name = "machine"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        machines = (
+            Case.objects.exclude(treatment_machine="")
+            .order_by("treatment_machine")
+            .values_list("treatment_machine", flat=True)
+            .distinct()
+        )
+        return [(machine, machine) for machine in machines[:50]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset.filter(treatment_machine=value) if value else queryset
+
+
 class GPUHostFilter(admin.SimpleListFilter):
     """The GPU server a case runs (or ran) on; hosts come from the small GPU table."""
 
@@ -374,6 +396,8 @@ class CaseAdmin(OperatorActionsAdmin):
     change_form_template = "cases/admin/case_change_form.html"
     list_display = (
         "case_id",
+        "patient",
+        "plan",
         "status_badge",
         "progress_bar",
         "gpu",
@@ -382,9 +406,15 @@ class CaseAdmin(OperatorActionsAdmin):
         "duration",
     )
     list_display_links = ("case_id",)
-    list_filter = ("status", WorkflowFilter, GPUHostFilter, "created_at")
-    search_fields = ("case_id",)
-    search_help_text = "Search by case id (any part of it)."
+    list_filter = (
+        "status",
+        WorkflowFilter,
+        TreatmentMachineFilter,
+        GPUHostFilter,
+        "created_at",
+    )
+    search_fields = ("case_id", "patient_id", "patient_name", "plan_label")
+    search_help_text = "Search by case id, patient ID, patient name or plan label (any part)."
     ordering = (ACTIVE_FIRST.asc(), "-created_at")
     list_select_related = ("reserved_gpu",)
     list_per_page = 100
@@ -406,8 +436,22 @@ class CaseAdmin(OperatorActionsAdmin):
                 )
             },
         ),
+        (
+            "Patient and plan",
+            {
+                "fields": (
+                    "patient_id",
+                    "patient_name",
+                    "plan_label",
+                    "plan_date",
+                    "treatment_machine",
+                    "beam_list",
+                    "log_check_said",
+                )
+            },
+        ),
         ("Failure", {"fields": ("error_kind", "error_message")}),
-        ("Paths", {"fields": ("source_path", "remote_case_dir", "remote_output_dir")}),
+        ("Paths", {"fields": ("source_path", "remote_case_dir", "remote_output_dir", "results")}),
         ("Times", {"fields": ("created_at", "updated_at", "finished_at", "age", "duration")}),
     )
 
@@ -417,10 +461,15 @@ class CaseAdmin(OperatorActionsAdmin):
         return False
 
     def detail_context(self, case: Case) -> dict[str, Any]:
-        runs = WorkflowStep.objects.filter(case=case).select_related("gpu").order_by("id")
+        runs = WorkflowStep.objects.filter(case=case).select_related("gpu", "run").order_by("id")
         events = CaseEvent.objects.filter(case=case).select_related("step_run").order_by("id")
         timeline = [{"run": run, "duration": format_duration(run.duration)} for run in runs]
-        return {"timeline": timeline, "case_events": events}
+        return {
+            "timeline": timeline,
+            "case_events": events,
+            "case_runs": provenance.case_runs(case),
+            "folder": provenance.folder_state(case),
+        }
 
     # -- columns ---------------------------------------------------------------------
 
@@ -447,10 +496,43 @@ class CaseAdmin(OperatorActionsAdmin):
             return "—"
         return format_duration(case.finished_at - case.created_at)
 
+    @admin.display(description="Patient", ordering="patient_id")
+    def patient(self, case: Case) -> SafeString | str:
+        if not case.patient_id:
+            return "—"
+        return format_html(
+            '{}<br><span class="mqi-muted">{}</span>', case.patient_id, case.patient_name
+        )
+
+    @admin.display(description="Plan", ordering="plan_label")
+    def plan(self, case: Case) -> SafeString | str:
+        if not case.plan_label and not case.beam_count:
+            return "—"
+        beams = f"{case.beam_count} beam{'s' if case.beam_count != 1 else ''}"
+        machine = f", {case.treatment_machine}" if case.treatment_machine else ""
+        return format_html(
+            '{}<br><span class="mqi-muted">{}{}</span>', case.plan_label, beams, machine
+        )
+
+    @admin.display(description="Treatment beams")
+    def beam_list(self, case: Case) -> str:
+        return ", ".join(f"{beam['number']} {beam['name']}".strip() for beam in case.beams) or "—"
+
+    @admin.display(description="Logs matched to the plan")
+    def log_check_said(self, case: Case) -> str:
+        return provenance.log_check_said(case.log_check)
+
     @admin.display(description="Remote case directory")
     def remote_case_dir(self, case: Case) -> str:
-        return case_id_path_problem(case.case_id) or get_config().remote_case_dir(case.case_id)
+        paths = provenance.run_paths(case)
+        return paths.case_dir if paths else "— (not uploaded yet)"
 
     @admin.display(description="Remote output directory")
     def remote_output_dir(self, case: Case) -> str:
-        return case_id_path_problem(case.case_id) or get_config().remote_output_dir(case.case_id)
+        paths = provenance.run_paths(case)
+        return paths.output_dir if paths else "—"
+
+    @admin.display(description="Results folder")
+    def results(self, case: Case) -> str:
+        paths = provenance.run_paths(case)
+        return str(paths.results_dir) if paths else "—"

@@ -49,6 +49,23 @@ class Case(models.Model):
 
     case_id = models.CharField(max_length=255, unique=True, help_text="The case folder's name.")
     source_path = models.TextField(help_text="The case folder in the watched directory.")
+    # Who and what, from the RTPLAN (cases.identity); empty when no plan could be read.
+    patient_id = models.CharField(max_length=64, blank=True, db_index=True)
+    patient_name = models.CharField(max_length=255, blank=True)
+    plan_label = models.CharField(max_length=64, blank=True)
+    plan_date = models.DateField(null=True, blank=True)
+    treatment_machine = models.CharField(max_length=128, blank=True, db_index=True)
+    beam_count = models.PositiveSmallIntegerField(default=0, help_text="Treatment beams.")
+    beams = models.JSONField(default=list, blank=True, help_text='[{"number": 1, "name": ...}]')
+    # The folder as it was last checked (found, or re-checked by a retry): cases.manifest.
+    manifest = models.JSONField(default=list, blank=True)
+    manifest_checked_at = models.DateTimeField(null=True, blank=True)
+    # Whether the delivery logs were matched against the plan: cases.folder.LogCheck.
+    log_check = models.CharField(max_length=10, blank=True)
+    # The run the case is on (or last ran); earlier runs and their results are kept.
+    current_run = models.ForeignKey(
+        "CaseRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     workflow = models.CharField(max_length=64)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW)
     # The step being run, waited for (PENDING_RESOURCE), that failed, or the last one done.
@@ -96,6 +113,57 @@ class Case(models.Model):
         return self.status in self.TERMINAL
 
 
+class CaseRun(models.Model):
+    """One pass of a case through its workflow, from the upload on, in folders of its own.
+
+    A case gets a new run when it starts and when it is re-run from the start (or retried
+    after its folder changed).  Each run has its own remote case and output folders and
+    its own local results folder, so nothing of an earlier run can reach its commands or
+    mix with its results.  ``manifest`` is the folder exactly as this run uploaded it.
+    """
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField()
+    reason = models.CharField(max_length=255, blank=True, help_text="Why this run started.")
+    host = models.CharField(max_length=64, blank=True)
+    manifest = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    uploaded_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["case", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["case", "number"], name="cases_caserun_unique_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.case.case_id} run {self.number}"
+
+    @property
+    def folder_name(self) -> str:
+        """This run's folder under the case's remote and local folders."""
+        return f"run-{self.number}"
+
+
+class ResultFile(models.Model):
+    """A file a run downloaded, as verified on arrival."""
+
+    run = models.ForeignKey(CaseRun, on_delete=models.CASCADE, related_name="result_files")
+    path = models.CharField(max_length=1024, help_text="Relative to the run's results folder.")
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["run", "path"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "path"], name="cases_resultfile_unique_path"),
+        ]
+
+    def __str__(self) -> str:
+        return self.path
+
+
 class WorkflowStep(models.Model):
     """One attempt of one step for one case (a *step run*); messages carry its id."""
 
@@ -104,6 +172,9 @@ class WorkflowStep(models.Model):
     ACTIVE = ACTIVE_STEP_STATUSES
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="steps")
+    run = models.ForeignKey(
+        CaseRun, null=True, blank=True, on_delete=models.CASCADE, related_name="steps"
+    )
     name = models.CharField(max_length=64)
     type = models.CharField(max_length=20)
     attempt = models.PositiveSmallIntegerField(default=1)

@@ -36,7 +36,32 @@ def _new_case_found(command: str, payload: dict[str, Any]) -> None:
         case_id=_require(payload, "case_id", str),
         source_path=_require(payload, "source_path", str),
         workflow_name=payload.get("workflow"),
+        facts=folder_facts(payload),
+    )
+
+
+def folder_facts(payload: dict[str, Any]) -> state.FolderFacts:
+    """The folder check a ``new_case_found`` message carries (see cases.folder)."""
+    plan = payload.get("plan")
+    manifest = payload.get("manifest") or []
+    if plan is not None and not isinstance(plan, dict):
+        raise MalformedMessage(f"payload key 'plan' is not a mapping: {plan!r}")
+    if not isinstance(manifest, list) or not all(_is_entry(entry) for entry in manifest):
+        raise MalformedMessage("payload key 'manifest' is not a list of {path, size, sha256}")
+    return state.FolderFacts(
         problems=[str(problem) for problem in payload.get("problems") or []],
+        plan=plan,
+        log_check=str(payload.get("log_check") or ""),
+        manifest=manifest,
+    )
+
+
+def _is_entry(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(entry.get("size"), int)
+        and isinstance(entry.get("sha256"), str)
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from cases.models import Case, CaseEvent, WorkflowStep
+from cases import manifest as manifests
+from cases.identity import PlanIdentity
+from cases.models import Case, CaseEvent, CaseRun, ResultFile, WorkflowStep
 from conductor import notifications, retry, workflow
 from gpus.models import GPUResource
 from gpus.services import free_gpu_exists, gpu_held_by, release_gpu, reserve_gpu
@@ -58,12 +61,22 @@ class CaseStateError(Exception):
 # --- entry points for messages --------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FolderFacts:
+    """What checking a case folder found (``cases.folder.check_case_folder``)."""
+
+    problems: Sequence[str] = ()
+    plan: dict[str, Any] | None = None  # cases.identity.PlanIdentity.as_payload()
+    log_check: str = ""
+    manifest: Sequence[dict[str, Any]] = ()
+
+
 def case_register(
     *,
     case_id: str,
     source_path: str,
     workflow_name: str | None = None,
-    problems: Sequence[str] = (),
+    facts: FolderFacts = FolderFacts(),
 ) -> Case | None:
     """Handle ``new_case_found``: create the case once and start it, or fail it if invalid.
 
@@ -72,6 +85,7 @@ def case_register(
     """
     config = get_config()
     name = workflow_name or config.scanner.workflow
+    problems = list(facts.problems)
     with transaction.atomic():
         case, created = Case.objects.get_or_create(
             case_id=case_id, defaults={"source_path": source_path, "workflow": name}
@@ -86,16 +100,22 @@ def case_register(
                 )
             return None
         _event(case, "created", f"found at {source_path}")
+        _record_folder(case, facts)
         path_problem = case_id_path_problem(case_id)
         if path_problem:  # only a forged or garbled message carries such an id
             problems = [*problems, path_problem]
         if problems:
-            _fail(case, ErrorKind.INVALID_INPUT, "invalid case folder: " + "; ".join(problems))
+            _fail(case, ErrorKind.INVALID_INPUT, invalid_folder_message(problems))
         elif name not in config.workflows:
             _fail(case, ErrorKind.PERMANENT, f"workflow {name!r} is not in {config.source}")
         else:
+            _new_run(case, "found in the watch directory")
             _advance_locked(case, config)
     return case
+
+
+def invalid_folder_message(problems: Sequence[str]) -> str:
+    return "invalid case folder: " + "; ".join(problems)
 
 
 def advance_workflow(case_pk: int, *, skip_locked: bool = False) -> str | None:
@@ -123,6 +143,7 @@ def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any
             return False
         case, run = locked
         _finish_run(run, WorkflowStep.Status.SUCCEEDED, outcome)
+        _record_transfer(case, run, outcome)
         # the run just finished was the case's one active run (a database constraint)
         _advance_locked(case, config, finished=run)
     return True
@@ -245,8 +266,17 @@ def case_cancel(*, case_pk: int, actor: str = "") -> Case:
     return case
 
 
-def case_retry(*, case_pk: int, from_start: bool = False, actor: str = "") -> Case:
-    """Run a failed or cancelled case again, from the step that failed or from the start."""
+def case_restart(
+    *, case_pk: int, facts: FolderFacts, from_start: bool = False, actor: str = ""
+) -> tuple[Case, str]:
+    """Run a failed or cancelled case again, its folder just checked again (``facts``).
+
+    A folder that is still invalid leaves the case FAILED (``invalid_input``) with the
+    current reasons, and nothing is started.  A valid folder that differs from what the
+    case's run uploaded starts a new run from the upload, whatever was asked: a retry
+    never runs a step on files other than the ones it checked.  Otherwise the case goes
+    on from the step that failed (or from the start, in a new run, when asked).
+    """
     config = get_config()
     with transaction.atomic():
         case = _lock_case(case_pk)
@@ -255,35 +285,59 @@ def case_retry(*, case_pk: int, from_start: bool = False, actor: str = "") -> Ca
                 f"case {case.case_id} is {case.status}; only FAILED or CANCELLED cases can be "
                 "retried"
             )
-        if case.error_kind == ErrorKind.INVALID_INPUT and not from_start:
-            # An invalid folder never started a step; a retry re-validates nothing, so the
-            # honest retry is from the start after the folder was fixed.
-            from_start = True
         steps = config.workflows.get(case.workflow)
         if steps is None:
             raise CaseStateError(f"workflow {case.workflow!r} is not configured any more")
-        if from_start or not case.workflow_step:
-            spec = workflow.first_step(steps)
-        else:
-            spec = _step_spec(config, case, case.workflow_step)
-            if spec is None:
-                raise CaseStateError(
-                    f"step {case.workflow_step!r} is not in workflow {case.workflow!r} any more; "
-                    "re-run from the start"
-                )
-        _event(
-            case,
-            "replayed" if from_start else "retried",
-            f"{'re-run from the start' if from_start else 'retry from ' + spec.name}",
-            actor=actor,
+        _record_folder(case, facts)
+        if facts.problems:
+            message = invalid_folder_message(facts.problems)
+            _event(case, "recheck_failed", f"the folder was checked again: {message}", actor=actor)
+            case.error_kind = ErrorKind.INVALID_INPUT
+            case.error_message = message
+            case.save(update_fields=["error_kind", "error_message", "updated_at"])
+            return case, message
+        run = case.current_run
+        changed = (
+            run is not None
+            and run.uploaded_at is not None
+            and bool(manifests.diff(run.manifest, case.manifest))
         )
+        spec = None
+        if not (from_start or changed or run is None or not case.workflow_step):
+            if case.error_kind == ErrorKind.INVALID_INPUT:
+                spec = workflow.first_step(steps)  # an invalid folder never started a step
+            else:
+                spec = _step_spec(config, case, case.workflow_step)
+                if spec is None:
+                    raise CaseStateError(
+                        f"step {case.workflow_step!r} is not in workflow {case.workflow!r} any "
+                        "more; re-run from the start"
+                    )
+        if spec is None:
+            reason = _restart_reason(case, run, changed, actor)
+            new_run = _new_run(case, reason)
+            said = f"re-running from the start as run {new_run.number} ({reason})"
+            _event(case, "replayed", said, actor=actor)
+            spec = workflow.first_step(steps)
+            case.progress = 0
+        else:
+            said = f"retrying from {spec.name}"
+            _event(case, "retried", said, actor=actor)
         case.error_kind = ""
         case.error_message = ""
         case.finished_at = None
-        if from_start:
-            case.progress = 0
         _start_or_wait(case, spec, config)
-    return case
+    return case, said
+
+
+def _restart_reason(case: Case, run: CaseRun | None, changed: bool, actor: str) -> str:
+    if changed and run is not None:
+        difference = manifests.diff(run.manifest, case.manifest).describe()
+        return (
+            f"the folder changed since run {run.number} was uploaded ({difference}); "
+            "starting again from the upload"
+        )
+    return f"re-run from the start by {actor or 'an operator'}"
 
 
 def case_set_priority(*, case_pk: int, priority: int, actor: str = "") -> Case:
@@ -480,6 +534,65 @@ def _step_spec(config: Config, case: Case, name: str) -> StepSpec | None:
         return None
 
 
+def _record_folder(case: Case, facts: FolderFacts) -> None:
+    """What the latest check of the folder found: identity, log check, manifest."""
+    identity = PlanIdentity.from_payload(facts.plan)
+    case.patient_id = identity.patient_id[:64]
+    case.patient_name = identity.patient_name[:255]
+    case.plan_label = identity.plan_label[:64]
+    case.plan_date = identity.plan_date
+    case.treatment_machine = identity.treatment_machine[:128]
+    case.beams = [{"number": beam.number, "name": beam.name} for beam in identity.beams]
+    case.beam_count = len(identity.beams)
+    case.log_check = facts.log_check
+    case.manifest = list(facts.manifest)
+    case.manifest_checked_at = timezone.now()
+    case.save(update_fields=_FOLDER_FIELDS)
+
+
+_FOLDER_FIELDS = [
+    "patient_id",
+    "patient_name",
+    "plan_label",
+    "plan_date",
+    "treatment_machine",
+    "beams",
+    "beam_count",
+    "log_check",
+    "manifest",
+    "manifest_checked_at",
+    "updated_at",
+]
+
+
+def _new_run(case: Case, reason: str) -> CaseRun:
+    """A fresh run: new remote and local folders; the case starts on another host maybe."""
+    last = case.runs.order_by("-number").values_list("number", flat=True).first() or 0
+    run = CaseRun.objects.create(case=case, number=last + 1, reason=reason[:255])
+    case.current_run = run
+    case.host = ""
+    case.save(update_fields=["current_run", "host", "updated_at"])
+    return run
+
+
+def _record_transfer(case: Case, step_run: WorkflowStep, outcome: dict[str, Any]) -> None:
+    """An upload fixes the run's manifest; a download lists the run's result files."""
+    run = case.current_run
+    if run is None or step_run.run_id != run.pk:
+        return
+    if step_run.type == "upload":
+        run.manifest = case.manifest
+        run.uploaded_at = timezone.now()
+        run.host = step_run.host
+        run.save(update_fields=["manifest", "uploaded_at", "host"])
+    elif step_run.type == "download":
+        files = outcome.get("files") or []
+        ResultFile.objects.filter(run=run).delete()
+        ResultFile.objects.bulk_create(
+            ResultFile(run=run, path=f["path"], size=f["size"], sha256=f["sha256"]) for f in files
+        )
+
+
 def _advance_locked(case: Case, config: Config, *, finished: WorkflowStep | None = None) -> None:
     """``finished``: the step run the caller just finished, the case's only active one."""
     if case.is_terminal:
@@ -571,6 +684,7 @@ def _dispatch(
     now = timezone.now()
     run = WorkflowStep(
         case=case,
+        run_id=case.current_run_id,
         name=spec.name,
         type=spec.type,
         status=WorkflowStep.Status.DISPATCHED,
@@ -595,18 +709,24 @@ def _dispatch(
 def _render(case: Case, spec: StepSpec, gpu: GPUResource | None, config: Config) -> str:
     if spec.type != "execute":
         return ""
+    paths = config.run_paths(case.case_id, _run_number(case))
     return workflow.render_command(
         config.remote_commands[spec.name],
         {
             "case_id": case.case_id,
             "gpu_id": gpu.index if gpu is not None else "",
             "gpu_uuid": gpu.uuid if gpu is not None else "",
-            "case_dir": config.remote_case_dir(case.case_id),
-            "output_dir": config.remote_output_dir(case.case_id),
+            "case_dir": paths.case_dir,
+            "output_dir": paths.output_dir,
             "host": case.host,
             "step": spec.name,
         },
     )
+
+
+def _run_number(case: Case) -> int:
+    number = CaseRun.objects.filter(pk=case.current_run_id).values_list("number", flat=True)
+    return number[0]
 
 
 def _retry_or_fail(
@@ -655,6 +775,8 @@ def _end(
     if status == Case.Status.COMPLETED:
         case.progress = 100
     rows.update(case, _MOVE_FIELDS)
+    if case.current_run_id is not None:
+        CaseRun.objects.filter(pk=case.current_run_id).update(finished_at=case.finished_at)
     if held is None:
         released = None  # it holds none
     else:

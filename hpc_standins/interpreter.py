@@ -198,7 +198,7 @@ def case_files(case_dir: Path, suffix: str, skip: Path) -> list[Path]:
 
 
 def find_plan(case_dir: Path, *, skip: Path) -> tuple[Path, pydicom.Dataset]:
-    plans = []
+    found: dict[str, tuple[Path, pydicom.Dataset]] = {}  # by SOPInstanceUID: copies are one
     for path in case_files(case_dir, ".dcm", skip):
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
@@ -206,7 +206,8 @@ def find_plan(case_dir: Path, *, skip: Path) -> tuple[Path, pydicom.Dataset]:
             print(f"{TOOL}: warning: skipping {path.name}: {exc}", file=sys.stderr)
             continue
         if dataset.get("Modality") == "RTPLAN" or dataset.get("SOPClassUID") in PLAN_SOP_CLASSES:
-            plans.append((path, dataset))
+            found.setdefault(str(dataset.get("SOPInstanceUID", path)), (path, dataset))
+    plans = list(found.values())
     if not plans:
         raise InputError(f"no RTPLAN DICOM file in {case_dir}")
     if len(plans) > 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import string
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -131,8 +132,13 @@ class HostSpec(_Section):
 class ScannerSection(_Section):
     watch_dir: str
     workflow: str = "default_qa"
+    # A folder is complete once this file exists in it; "" runs without a marker, and then
+    # (only then) a folder is complete once nothing in it changed for quiet_period_sec.
     ready_marker: str = "READY"
     quiet_period_sec: float = Field(60, ge=0)
+    # Match the delivery logs' patient and beam numbers against the RTPLAN; off only for
+    # a site whose logs carry no identity (PlanInfo.txt or header lines).
+    check_log_identity: bool = True
     scan_interval_sec: float = Field(10, gt=0)
     rtplan_globs: list[str] = ["*.dcm"]
     log_patterns: list[str] = []
@@ -190,16 +196,24 @@ class Config(_Section):
         end = steps[position + 1].progress if position + 1 < len(steps) else 100
         return steps[position].progress, end
 
-    def remote_case_dir(self, case_id: str) -> str:
-        """The case's folder on the GPU server (the upload target, the commands' cwd)."""
-        return str(PurePosixPath(self.conductor.remote_paths.upload_dir) / _segment(case_id))
+    def run_paths(self, case_id: str, run_number: int) -> RunPaths:
+        """Where run ``run_number`` of a case lives: each run has folders of its own, so
+        nothing of an earlier run (files, a straggling process) reaches a later one."""
+        run = f"run-{int(run_number)}"
+        segment = _segment(case_id)
+        remote = self.conductor.remote_paths
+        return RunPaths(
+            case_dir=str(PurePosixPath(remote.upload_dir) / segment / run),
+            output_dir=str(PurePosixPath(remote.download_dir) / segment / run),
+            results_dir=Path(self.results.local_dir) / segment / run,
+        )
 
-    def remote_output_dir(self, case_id: str) -> str:
-        """Where the case's results are written on the GPU server (the download source)."""
-        return str(PurePosixPath(self.conductor.remote_paths.download_dir) / _segment(case_id))
 
-    def local_results_dir(self, case_id: str) -> Path:
-        return Path(self.results.local_dir) / _segment(case_id)
+@dataclass(frozen=True)
+class RunPaths:
+    case_dir: str  # on the GPU server: the upload target, the commands' working directory
+    output_dir: str  # on the GPU server: where the commands write, the download source
+    results_dir: Path  # on this machine: where the results are downloaded
 
 
 def case_id_path_problem(case_id: str) -> str | None:

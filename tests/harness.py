@@ -44,6 +44,7 @@ import pytest
 import redis
 import yaml
 
+from tests import paths
 from tests.brokers import test_redis_url
 from tests.conftest import REPO_DIR
 from tests.sshd import SSHServer
@@ -550,8 +551,7 @@ class ProductionSystem:
     # -- checks --------------------------------------------------------------------------------
 
     def starts(self, case_id: str, program: str) -> int:
-        marker = self.upload_dir / case_id / ".mqi_starts" / program
-        return len(marker.read_text().splitlines()) if marker.exists() else 0
+        return paths.starts(self.upload_dir, case_id, program)
 
     def check(self, scenario: str, batch: Batch, *, faults: str = "", wall_sec: float = 0):
         """Compare the end state with what every case reaches without any fault."""
@@ -609,7 +609,7 @@ class ProductionSystem:
     def _check_results(self, case_id: str, figures: Figures) -> None:
         remote = _digests(self.download_dir / case_id)
         local = _digests(self.results_dir / case_id)
-        if not remote.get("RTDOSE.dcm"):
+        if not any(name.endswith("/RTDOSE.dcm") for name in remote):
             figures.bad_results += 1
             figures.problems.append(f"{case_id}: no RTDOSE.dcm on the GPU server")
         for name, digest in remote.items():

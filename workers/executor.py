@@ -75,13 +75,14 @@ def remote_run_dir(case_dir: str, step_name: str, step_run_id: int) -> str:
 
 def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
     run = (
-        WorkflowStep.objects.select_related("case", "gpu")
+        WorkflowStep.objects.select_related("case", "gpu", "run")
         .filter(pk=step_run_id, status__in=WorkflowStep.ACTIVE)
         .first()
     )
     if run is None:
         return None
     case = run.case
+    paths = config.run_paths(case.case_id, run.run.number)
     return StepRun(
         id=run.pk,
         case_id=case.case_id,
@@ -90,8 +91,8 @@ def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
         command=run.command,
         host=run.host,
         gpu_index=run.gpu.index if run.gpu else None,
-        case_dir=config.remote_case_dir(case.case_id),
-        output_dir=config.remote_output_dir(case.case_id),
+        case_dir=paths.case_dir,
+        output_dir=paths.output_dir,
         started_at=run.started_at,
     )
 
@@ -317,10 +318,12 @@ def _exit_reason(run: StepRun, status: RunStatus) -> str:
 
 def cancel(payload: dict[str, Any]) -> None:
     """Kill the step run's process group (the conductor already marked the case)."""
-    row = WorkflowStep.objects.select_related("case").filter(pk=payload["step_run_id"]).first()
+    row = (
+        WorkflowStep.objects.select_related("case", "run").filter(pk=payload["step_run_id"]).first()
+    )
     if row is None or row.status != WorkflowStep.Status.CANCELLED:
         return
-    case_dir = get_config().remote_case_dir(row.case.case_id)
+    case_dir = get_config().run_paths(row.case.case_id, row.run.number).case_dir
     run_dir = remote_run_dir(case_dir, row.name, row.pk)
     try:
         killed = kill_group(transport_for(row.host), run_dir)

@@ -17,7 +17,7 @@ from tests.conductor.helpers import (
     active_run,
     fail,
     make_gpus,
-    register,
+    register_sample,
     run_to_completion,
     succeed,
 )
@@ -28,8 +28,8 @@ PASSWORD = "a-test-password-1"  # a throw-away test user
 
 
 def case_at_step(case_id: str, steps_done: int) -> Case:
-    """A registered case whose first ``steps_done`` steps succeeded."""
-    case = register(case_id)
+    """A registered case (from a sample folder) whose first ``steps_done`` steps succeeded."""
+    case = register_sample(case_id)
     for _ in range(steps_done):
         succeed(active_run(case), exit_code=0, stdout_tail=f"{case_id}: step done\n")
     case.refresh_from_db()
@@ -56,11 +56,11 @@ def failed_case(case_id: str) -> Case:
 
 
 def completed_case(case_id: str) -> Case:
-    return run_to_completion(register(case_id))
+    return run_to_completion(register_sample(case_id))
 
 
 def cancelled_case(case_id: str) -> Case:
-    case = register(case_id)
+    case = register_sample(case_id)
     return state.case_cancel(case_pk=case.pk, actor="operator")
 
 
@@ -79,7 +79,7 @@ def populate_demo() -> dict[str, Case]:
         "interpreting": case_at_step("QA-2025-0105", 1),
         "simulating": case_at_step("QA-2025-0106", 2),
         "downloading": case_at_step("QA-2025-0107", 3),
-        "waiting": register("QA-2025-0108"),
+        "waiting": register_sample("QA-2025-0108"),
     }
     _gpu_readings()
     return cases

@@ -39,7 +39,7 @@ def test_retry_reports_each_case_and_the_conductors_refusal(operator_client: Cli
 
     messages = list_action(operator_client, CASE_LIST, "retry_failed_step", [failed, running])
 
-    assert ("success", "Case f-1: retrying from run_interpreter") in messages
+    assert ("success", "Case f-1: folder checked again, retrying from run_interpreter") in messages
     assert (
         "error",
         "case r-1 is PROCESSING; only FAILED or CANCELLED cases can be retried",
@@ -57,7 +57,9 @@ def test_an_action_records_who_did_it(operator_client: Client):
     event = CaseEvent.objects.get(case=case, kind="replayed")
     assert event.actor == "operator"
     entry = LogEntry.objects.get(object_id=str(case.pk))
-    assert entry.get_change_message() == "Case who-1: re-running from the start"
+    assert entry.get_change_message().startswith(
+        "Case who-1: folder checked again, re-running from the start as run 2"
+    )
 
 
 def test_priority_changes_refuse_finished_cases(operator_client: Client):

@@ -162,7 +162,9 @@ def test_retry_from_the_failed_step_on_the_detail_page(page, live_server):
     open_case(page, live_server, case)
     click_button(page, "Retry from the failed step")
 
-    expect_message(page, "success", "Case retry-1: retrying from run_interpreter")
+    expect_message(
+        page, "success", "Case retry-1: folder checked again, retrying from run_interpreter"
+    )
     case = reload(case)
     assert case.status == Case.Status.PROCESSING
     assert case.steps.filter(name="run_interpreter", attempt=2).exists()
@@ -175,7 +177,9 @@ def test_rerun_from_the_start_on_the_detail_page(page, live_server):
     open_case(page, live_server, case)
     click_button(page, "Re-run from the start")
 
-    expect_message(page, "success", "Case rerun-1: re-running from the start")
+    expect_message(
+        page, "success", "Case rerun-1: folder checked again, re-running from the start as run 2"
+    )
     case = reload(case)
     assert (case.status, case.workflow_step) == (Case.Status.PROCESSING, "upload_case_files")
     assert case.steps.filter(name="upload_case_files", attempt=2).exists()

@@ -25,6 +25,7 @@ import yaml
 from django.core.management import call_command
 
 from mqi_site.config import clear_config_cache
+from tests import paths
 from tests.conftest import base_config
 from tests.workers.conftest import make_case
 from tests.workers.conftest import workers as workers  # the fixture: worker threads
@@ -74,8 +75,15 @@ class Site:
 
     def starts(self, case_id: str, program: str) -> int:
         """How often the stand-in ``program`` started for the case (its ``.mqi_starts``)."""
-        marker = self.upload_dir / case_id / ".mqi_starts" / program
-        return len(marker.read_text().splitlines()) if marker.exists() else 0
+        return paths.starts(self.upload_dir, case_id, program)
+
+    def results(self, case_id: str) -> Path:
+        """The case's newest run's local results folder."""
+        return paths.last_run_dir(self.results_dir, case_id)
+
+    def case_dir(self, case_id: str) -> Path:
+        """The case's newest run folder on the GPU server."""
+        return paths.last_run_dir(self.upload_dir, case_id)
 
 
 def site_config(site: Site, gpus: int = 8) -> dict[str, Any]:

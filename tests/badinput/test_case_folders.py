@@ -48,7 +48,7 @@ CANARY = b"OUTSIDE-CANARY-7f3a9c"  # the content of every file in site.outside
 def empty_folder(site: Site) -> str:
     folder = site.watch_dir / "QA-empty"
     folder.mkdir()
-    os.utime(folder, (OLD, OLD))  # no marker: complete once quiet, and it has been for years
+    (folder / "READY").touch()  # marked ready, with nothing in it
     return folder.name
 
 
@@ -317,8 +317,8 @@ CORPUS = [
         "a file name inside that is not UTF-8",
         file_name_not_utf8,
         FAILED,
-        PERMANENT,
-        ("upload_case_files failed: ", "b'notes-\\xe9.txt'", "is not valid UTF-8; rename it"),
+        INVALID,
+        ("notes-\\xe9.txt has a name that is not valid UTF-8; rename it",),
     ),
     # names that cannot be case ids
     Bad(
@@ -493,7 +493,7 @@ def test_a_strange_but_valid_name_gets_its_results_under_that_name(outcome: Outc
     case = outcome.case(name)
 
     assert case.case_id == name
-    assert (outcome.site.results_dir / name / "RTDOSE.dcm").is_file()
+    assert (outcome.site.results(name) / "RTDOSE.dcm").is_file()
     assert outcome.site.starts(name, "interpreter") == 1
     assert f"COMPLETED  {name}  ->" in outcome.run.stdout
 

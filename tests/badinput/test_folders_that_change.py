@@ -19,7 +19,7 @@ import dramatiq
 import pytest
 from django.core.management import call_command
 
-from cases.models import Case, WorkflowStep
+from cases.models import Case, CaseEvent, WorkflowStep
 from conductor.state import case_cancel
 from mqi_site.config import get_config
 from mqi_site.messaging import ErrorKind
@@ -60,7 +60,7 @@ def replay_from_start(case_id: str) -> None:
 def release_the_gpu(site: Site) -> None:
     """Cancel the holder; its hanging interpreter is killed (the exit code shows it)."""
     case_cancel(case_pk=Case.objects.get(case_id="QA-holder").pk, actor="test")
-    runs = site.upload_dir / "QA-holder" / ".mqi" / "runs"
+    runs = site.case_dir("QA-holder") / ".mqi" / "runs"
     wait_for(lambda: list(runs.glob("run_interpreter-*/exit_code")), 30, "the holder's end")
 
 
@@ -92,7 +92,7 @@ def test_a_folder_renamed_while_its_case_waits_fails_and_runs_under_its_new_name
     assert old.status == Case.Status.FAILED
     assert "is gone from the watch directory (moved or deleted" in old.error_message
     assert new.status == Case.Status.COMPLETED, new.error_message
-    assert (site.results_dir / "QA-renamed-v2" / "RTDOSE.dcm").is_file()
+    assert (site.results("QA-renamed-v2") / "RTDOSE.dcm").is_file()
 
 
 def test_a_folder_swapped_for_a_link_to_outside_is_not_uploaded(site, workers):
@@ -124,7 +124,7 @@ def test_a_folder_deleted_after_its_upload_completes_from_the_uploaded_copy(site
     (case,) = wait_terminal("QA-gone-later")
 
     assert case.status == Case.Status.COMPLETED, case.error_message
-    assert (site.results_dir / "QA-gone-later" / "RTDOSE.dcm").is_file()
+    assert (site.results("QA-gone-later") / "RTDOSE.dcm").is_file()
     assert site.starts("QA-gone-later", "interpreter") == 1
 
 
@@ -132,7 +132,7 @@ def test_the_uploaded_copy_deleted_before_the_interpreter_works_fails_the_case(s
     sync_gpus(get_config())
     site.sample("QA-copy-gone", MQI_SLEEP_INTERPRETER="5")
     scan_cases(get_config())
-    remote = site.upload_dir / "QA-copy-gone"
+    remote = site.upload_dir / "QA-copy-gone" / "run-1"
     wait_for(
         lambda: WorkflowStep.objects.filter(name="run_interpreter", status="RUNNING").exists(),
         30,
@@ -177,7 +177,7 @@ def test_a_folder_still_being_copied_waits_for_a_later_run(site):
 def test_a_case_id_seen_again_is_not_run_again(site):
     site.sample("QA-twice")
     first = run_mqi("--once", "--timeout", "60")
-    dose = (site.results_dir / "QA-twice" / "RTDOSE.dcm").read_bytes()
+    dose = (site.results("QA-twice") / "RTDOSE.dcm").read_bytes()
 
     again = run_mqi("--once", "--timeout", "60")  # the same folder, still there
     shutil.rmtree(site.watch_dir / "QA-twice")  # a new folder under the same name
@@ -191,7 +191,7 @@ def test_a_case_id_seen_again_is_not_run_again(site):
     case = Case.objects.get(case_id="QA-twice")
     assert case.status == Case.Status.COMPLETED
     assert site.starts("QA-twice", "interpreter") == 1
-    assert (site.results_dir / "QA-twice" / "RTDOSE.dcm").read_bytes() == dose
+    assert (site.results("QA-twice") / "RTDOSE.dcm").read_bytes() == dose
 
 
 def test_a_fixed_folder_runs_again_only_when_replayed_from_the_start(site):
@@ -226,11 +226,11 @@ def test_an_outside_link_replayed_from_the_start_is_still_not_uploaded(site):
     assert "FAILED     QA-linked  invalid case folder: the case folder is a symbolic" in (
         first.stdout
     )
-    assert replayed.code == 1
+    assert replayed.code == 0  # the replay was refused: nothing new to run
     assert case.status == Case.Status.FAILED
-    assert case.error_message.startswith(
-        f"upload_case_files failed: {site.watch_dir / 'QA-linked'}: the case folder is a "
-        "symbolic link to "
-    )
+    assert case.error_kind == ErrorKind.INVALID_INPUT
+    assert case.error_message.startswith("invalid case folder: the case folder is a symbolic")
+    assert not case.steps.exists()
+    assert CaseEvent.objects.filter(case=case, kind="recheck_failed").exists()
     written = list(files_under(*site.written_trees()))
     assert [path for path in written if CANARY in path.read_bytes()] == []

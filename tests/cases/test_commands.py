@@ -14,7 +14,14 @@ from django.utils import timezone
 
 from cases.models import Case, CaseEvent, WorkflowStep
 from mqi_site.messaging import ErrorKind
-from tests.conductor.helpers import active_run, fail, make_gpus, register, succeed
+from tests.conductor.helpers import (
+    active_run,
+    fail,
+    make_gpus,
+    register,
+    register_sample,
+    succeed,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +33,7 @@ def run(*args) -> tuple[str, str]:
 
 
 def failed_case(case_id: str, kind: str = ErrorKind.PERMANENT, at_interpreter: bool = True) -> Case:
-    case = register(case_id)
+    case = register_sample(case_id)
     if at_interpreter:
         succeed(active_run(case))
     fail(active_run(case), kind, f"{case_id} broke")

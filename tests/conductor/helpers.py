@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from cases.folder import FolderState, check_case_folder, folder_facts
 from cases.models import Case, WorkflowStep
 from conductor import state
 from gpus.models import GPUResource
+from mqi_site.config import get_config
 from mqi_site.messaging import STEP_ROUTES, ErrorKind
 
 
@@ -17,11 +22,70 @@ def make_gpus(count: int, host: str = "local") -> list[GPUResource]:
     ]
 
 
-def register(case_id: str, **kwargs: Any) -> Case:
-    case = state.case_register(case_id=case_id, source_path=f"/incoming/{case_id}", **kwargs)
+# What a checked folder looks like to the conductor (cases.folder.check_case_folder).
+FOLDER = [{"path": "RP.plan.dcm", "size": 4, "sha256": "0" * 64}]
+PLAN = {
+    "patient_id": "QA0001",
+    "patient_name": "QA^Case0001",
+    "plan_label": "QA0001 PBS",
+    "plan_date": "2025-01-02",
+    "treatment_machine": "PBS-G1",
+    "beams": [{"number": 1, "name": "B1 G090"}, {"number": 2, "name": "B2 G270"}],
+}
+
+
+def facts(problems: Sequence[str] = (), manifest: list[dict] = FOLDER) -> state.FolderFacts:
+    if problems:
+        return state.FolderFacts(problems=problems)
+    return state.FolderFacts(plan=PLAN, log_check="passed", manifest=manifest)
+
+
+def register(case_id: str, problems: Sequence[str] = (), **kwargs: Any) -> Case:
+    case = state.case_register(
+        case_id=case_id, source_path=f"/incoming/{case_id}", facts=facts(problems), **kwargs
+    )
     assert case is not None
     case.refresh_from_db()
     return case
+
+
+def register_sample(case_id: str, **switches: str) -> Case:
+    """A case registered from a real sample folder in the configured watch directory, as
+    the scanner would (so that a retry can check the folder again)."""
+    from tests.workers.conftest import make_case
+
+    folder = make_case(Path(get_config().scanner.watch_dir), case_id, switches=switches)
+    check = check_case_folder(folder, get_config().scanner, now=time.time())
+    assert check.verdict.state == FolderState.READY_VALID, check.verdict.reasons
+    found = folder_facts(check)
+    case = state.case_register(
+        case_id=case_id,
+        source_path=str(folder),
+        facts=state.FolderFacts(
+            plan=found["plan"], log_check=found["log_check"], manifest=found["manifest"]
+        ),
+    )
+    assert case is not None
+    case.refresh_from_db()
+    return case
+
+
+def retry(
+    case: Case,
+    *,
+    from_start: bool = False,
+    actor: str = "",
+    problems: Sequence[str] = (),
+    manifest: list[dict] = FOLDER,
+) -> Case:
+    """An operator's retry after the folder was checked again (as it was, by default)."""
+    restarted, _ = state.case_restart(
+        case_pk=case.pk,
+        facts=facts(problems, manifest),
+        from_start=from_start,
+        actor=actor,
+    )
+    return restarted
 
 
 def active_run(case: Case) -> WorkflowStep | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 
 from cases.models import Case, CaseEvent, WorkflowStep
 from conductor import state
@@ -15,6 +13,7 @@ from tests.conductor.helpers import (
     fail,
     make_gpus,
     register,
+    retry,
     run_to_completion,
     succeed,
 )
@@ -25,7 +24,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 STEPS = ["upload_case_files", "run_interpreter", "run_moqui_sim", "download_results"]
 # the completing case: lock, lock its run, finish it, end the case, release its GPU, write
 # the "completed" event; the waiting case: lock it, reserve the GPU, move it, insert its run
-HANDOFF_STATEMENTS = 10
 
 
 def test_new_case_reserves_a_gpu_and_dispatches_the_upload(stub_broker):
@@ -358,7 +356,7 @@ def test_retry_starts_again_from_the_failed_step(stub_broker):
     succeed(active_run(case))
     fail(active_run(case), ErrorKind.PERMANENT, "bad plan")
 
-    state.case_retry(case_pk=case.pk, actor="physicist")
+    retry(case, actor="physicist")
 
     case.refresh_from_db()
     run = active_run(case)
@@ -375,7 +373,7 @@ def test_replay_from_the_start_runs_every_step_again(stub_broker):
     succeed(active_run(case))
     fail(active_run(case), ErrorKind.PERMANENT, "simulation diverged")
 
-    state.case_retry(case_pk=case.pk, from_start=True)
+    retry(case, from_start=True)
 
     case.refresh_from_db()
     assert active_run(case).name == "upload_case_files"
@@ -390,7 +388,7 @@ def test_retry_refuses_a_running_case(stub_broker):
     case = register("case-1")
 
     with pytest.raises(state.CaseStateError, match="only FAILED or CANCELLED"):
-        state.case_retry(case_pk=case.pk)
+        retry(case)
 
 
 def test_retried_case_waits_when_no_gpu_is_free(stub_broker):
@@ -399,7 +397,7 @@ def test_retried_case_waits_when_no_gpu_is_free(stub_broker):
     fail(active_run(failed), ErrorKind.PERMANENT, "x")
     register("busy")
 
-    state.case_retry(case_pk=failed.pk)
+    retry(failed)
 
     failed.refresh_from_db()
     assert failed.status == Case.Status.PENDING_RESOURCE
@@ -505,33 +503,3 @@ def test_maintenance_on_a_reserved_gpu_drains_it(stub_broker):
     run_to_completion(case)
     gpu.refresh_from_db()
     assert gpu.status == GPUResource.Status.MAINTENANCE
-
-
-def test_the_hot_path_is_a_few_prepared_statements(stub_broker):
-    """Bench: hop latency, throughput, GPU handoff. A step's success: lock the case, lock its
-    run with the run's GPU, finish the run, move the case, insert the next run. Its last
-    step's success also completes the case and hands its GPU to the waiting case."""
-    make_gpus(1)
-    case = register("case-1")
-    waiting = register("case-2")
-
-    upload = active_run(case)
-    with CaptureQueriesContext(connection) as moved_on:
-        assert succeed(upload)
-    for _ in range(2):  # interpreter, then simulation
-        succeed(active_run(case))
-    download = active_run(case)
-    with CaptureQueriesContext(connection) as handed_over:
-        assert succeed(download)  # case-1 completes, its GPU goes to case-2
-
-    waiting.refresh_from_db()
-    assert waiting.status == Case.Status.PROCESSING
-    assert executed(moved_on) == 5
-    assert executed(handed_over) == HANDOFF_STATEMENTS
-
-
-def executed(queries: CaptureQueriesContext) -> int:
-    """Statements run, each through its prepared plan (preparing, BEGIN, COMMIT aside)."""
-    kinds = [query["sql"].split()[0] for query in queries.captured_queries]
-    assert set(kinds) <= {"BEGIN", "PREPARE", "EXECUTE", "COMMIT"}, kinds
-    return kinds.count("EXECUTE")

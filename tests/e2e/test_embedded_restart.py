@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_DIR, base_config
+from tests.paths import last_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def runmqi(env, *args) -> subprocess.Popen:
 
 
 def starts(tmp_path: Path, case_id: str, program: str) -> int:
-    marker = tmp_path / "gpu-server" / "upload" / case_id / ".mqi_starts" / program
+    marker = last_run_dir(tmp_path / "gpu-server" / "upload", case_id) / ".mqi_starts" / program
     return len(marker.read_text().splitlines()) if marker.exists() else 0
 
 
@@ -110,4 +111,4 @@ def test_after_a_crash_the_next_run_picks_up_and_runs_nothing_twice(embedded):
     for case_id in ("case-001", "case-002", "case-003"):
         assert starts(tmp_path, case_id, "interpreter") == 1
         assert starts(tmp_path, case_id, "moquisim") == 1
-        assert (tmp_path / "results" / case_id / "RTDOSE.dcm").exists()
+        assert (last_run_dir(tmp_path / "results", case_id) / "RTDOSE.dcm").exists()

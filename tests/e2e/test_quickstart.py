@@ -48,8 +48,8 @@ def test_the_demo_processes_sample_cases_to_rt_dose():
     password = (REPO_DIR / "var/demo/admin-password.txt").read_text().strip()
     assert f'as user "admin", password: {password}' in done.stdout
     results = REPO_DIR / "var/demo/results"
-    doses = sorted(results.glob("case-*/RTDOSE.dcm"))
-    assert [d.parent.name for d in doses] == ["case-001", "case-002", "case-003"]
+    doses = sorted(results.glob("case-*/run-1/RTDOSE.dcm"))
+    assert [d.parent.parent.name for d in doses] == ["case-001", "case-002", "case-003"]
     for dose in doses:
         dataset = pydicom.dcmread(dose)
         assert dataset.Modality == "RTDOSE"
@@ -57,5 +57,5 @@ def test_the_demo_processes_sample_cases_to_rt_dose():
         expected = dataset.Rows * dataset.Columns * frames * dataset.BitsAllocated // 8
         assert frames > 0 and len(dataset.PixelData) == expected
         assert float(dataset.DoseGridScaling) > 0
-        remote = REPO_DIR / "var/demo/gpu-server/download" / dose.parent.name / "RTDOSE.dcm"
+        remote = REPO_DIR / "var/demo/gpu-server/download" / dose.relative_to(results)
         assert remote.read_bytes() == dose.read_bytes()

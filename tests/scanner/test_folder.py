@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from workers.scanner import folder
-from workers.scanner.folder import (
+from cases import folder
+from cases.folder import (
     RT_ION_PLAN_STORAGE,
     RT_PLAN_STORAGE,
     FolderState,
@@ -24,6 +24,12 @@ from workers.scanner.folder import (
 
 OLD = 1_700_000_000.0  # every file's mtime unless a test says otherwise
 QUIET = 30.0
+PATIENT = "QA-P1"
+
+
+def log_text(beam: int = 1, patient: str = PATIENT) -> str:
+    """A plain-text delivery log naming its patient and beam, as the stand-ins write."""
+    return f"# patient_id: {patient}\n# beam_number: {beam}\n1 150.0 0.0 0.0 0.5\n"
 
 
 def write_plan(
@@ -42,6 +48,7 @@ def write_plan(
     dataset.SOPClassUID = sop_class
     dataset.SOPInstanceUID = uid
     dataset.Modality = modality
+    dataset.PatientID = PATIENT
     if beams:
         items = []
         for number in range(1, beam_count + 1):
@@ -78,21 +85,22 @@ def inspect(path: Path, *, now: float | None = None, **overrides):
 
 @pytest.fixture
 def case(tmp_path: Path) -> Path:
-    """A valid case folder without a ready marker, last changed at OLD."""
+    """A valid case folder with its ready marker, last changed at OLD."""
     path = tmp_path / "incoming" / "QA-001"
     write_plan(path / "plan.dcm")
-    (path / "beam1.ptn").write_text("1 150.0 0.0 0.0 0.5\n")
+    (path / "beam1.ptn").write_text(log_text())
+    (path / "READY").write_text("")
     age_everything(path)
     return path
+
+
+NO_MARKER = {"ready_marker": ""}  # a site without a ready marker: the quiet period decides
 
 
 # --- completeness -------------------------------------------------------------------------
 
 
 def test_it_is_ready_with_the_marker_even_right_after_a_change(case: Path) -> None:
-    (case / "READY").write_text("")
-    age_everything(case, OLD)
-
     verdict = inspect(case, now=OLD)
 
     assert verdict.state == FolderState.READY_VALID
@@ -103,9 +111,23 @@ def test_it_is_ready_with_the_marker_even_right_after_a_change(case: Path) -> No
     assert verdict.newest_mtime == OLD
 
 
-def test_it_is_incomplete_until_the_quiet_period_has_passed(case: Path) -> None:
-    assert inspect(case, now=OLD + QUIET - 0.01).state == FolderState.INCOMPLETE
-    assert inspect(case, now=OLD + QUIET).state == FolderState.READY_VALID
+def test_with_a_marker_configured_a_folder_without_it_is_never_taken(case: Path) -> None:
+    # copied with its files' times kept (cp -p, rsync -t): it looks a year old
+    (case / "READY").unlink()
+    age_everything(case, OLD - 365 * 86400)
+
+    assert inspect(case).state == FolderState.INCOMPLETE
+    assert inspect(case, now=OLD + 10 * 365 * 86400).state == FolderState.INCOMPLETE
+
+
+def test_without_a_marker_it_is_incomplete_until_the_quiet_period_has_passed(
+    case: Path,
+) -> None:
+    (case / "READY").unlink()
+    age_everything(case)
+
+    assert inspect(case, now=OLD + QUIET - 0.01, **NO_MARKER).state == FolderState.INCOMPLETE
+    assert inspect(case, now=OLD + QUIET, **NO_MARKER).state == FolderState.READY_VALID
 
 
 def test_a_file_still_being_copied_keeps_the_folder_incomplete(
@@ -113,12 +135,12 @@ def test_a_file_still_being_copied_keeps_the_folder_incomplete(
 ) -> None:
     deep = case / "logs" / "day2" / "beam2.ptn"
     deep.parent.mkdir(parents=True)
-    deep.write_text("1 150.0 0.0 0.0 0.5\n")
+    deep.write_text(log_text())
     age_everything(case)
     os.utime(deep, (OLD + 100, OLD + 100))  # still growing, two levels down
     monkeypatch.setattr(pydicom, "dcmread", _must_not_read)
 
-    verdict = inspect(case, now=OLD + 110)
+    verdict = inspect(case, now=OLD + 110, **NO_MARKER)
 
     assert verdict.state == FolderState.INCOMPLETE
     assert verdict.newest_mtime == OLD + 100
@@ -128,7 +150,7 @@ def test_a_file_still_being_copied_keeps_the_folder_incomplete(
 def test_the_folders_own_mtime_counts_as_a_change(case: Path) -> None:
     os.utime(case, (OLD + 100, OLD + 100))  # e.g. a file was just renamed or removed
 
-    assert inspect(case, now=OLD + 110).state == FolderState.INCOMPLETE
+    assert inspect(case, now=OLD + 110, **NO_MARKER).state == FolderState.INCOMPLETE
 
 
 def test_an_incomplete_folder_is_not_validated_yet(tmp_path: Path) -> None:
@@ -333,7 +355,7 @@ def test_patterns_ignore_case_and_match_in_subfolders(tmp_path: Path) -> None:
     path = tmp_path / "QA-003"
     write_plan(path / "RP.PLAN.DCM")
     (path / "Logs").mkdir()
-    (path / "Logs" / "Beam1.PTN").write_text("1 150.0 0.0 0.0 0.5\n")
+    (path / "Logs" / "Beam1.PTN").write_text(log_text())
     (path / "READY").write_text("")
 
     verdict = inspect(path, log_patterns=["logs/*.ptn"])
@@ -381,7 +403,7 @@ INVALID = {
 def test_weird_names_are_valid_case_ids(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     write_plan(path / "plan.dcm")
-    (path / "beam1.ptn").write_text("1 150.0 0.0 0.0 0.5\n")
+    (path / "beam1.ptn").write_text(log_text())
     (path / "READY").write_text("")
 
     verdict = inspect(path)
@@ -399,7 +421,7 @@ def test_names_that_cannot_be_case_ids_are_refused(name: str, reason: str) -> No
 def test_a_folder_with_a_bad_name_is_invalid_and_says_why(tmp_path: Path) -> None:
     path = tmp_path / "QA\n001"
     write_plan(path / "plan.dcm")
-    (path / "beam1.ptn").write_text("1 150.0 0.0 0.0 0.5\n")
+    (path / "beam1.ptn").write_text(log_text())
     (path / "READY").write_text("")
 
     verdict = inspect(path)
@@ -461,7 +483,7 @@ def test_names_to_skip_are_not_yielded(tmp_path: Path) -> None:
 
 def test_a_ready_folder_is_walked_once(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (case / "logs").mkdir()
-    (case / "logs" / "beam2.ptn").write_text("1 150.0 0.0 0.0 0.5\n")
+    (case / "logs" / "beam2.ptn").write_text(log_text())
     (case / "READY").write_text("")
     listed: list[str] = []
     real_scandir = os.scandir

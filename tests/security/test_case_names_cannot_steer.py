@@ -45,9 +45,9 @@ def interpreter_argv(case_id: str, upload_dir: str, download_dir: str) -> list[s
         "--gpu",
         "0",
         "--case-dir",
-        f"{upload_dir}/{case_id}",
+        f"{upload_dir}/{case_id}/run-1",
         "--output-dir",
-        f"{download_dir}/{case_id}",
+        f"{download_dir}/{case_id}/run-1",
     ]
 
 
@@ -73,7 +73,7 @@ def test_the_conductor_renders_a_hostile_name_as_one_argument_inside_the_roots(
 def test_a_rendered_command_gives_the_shell_exactly_the_name(case_id, tmp_path):
     rendered = workflow.render_command(
         "printf '%s\\0' {case_id} {case_dir} {step}",
-        {"case_id": case_id, "case_dir": get_config().remote_case_dir(case_id), "step": "s"},
+        {"case_id": case_id, "case_dir": get_config().run_paths(case_id, 1).case_dir, "step": "s"},
     )
 
     done = subprocess.run(
@@ -81,7 +81,11 @@ def test_a_rendered_command_gives_the_shell_exactly_the_name(case_id, tmp_path):
     )
 
     upload_dir = get_config().conductor.remote_paths.upload_dir
-    assert done.stdout.decode().split("\0")[:-1] == [case_id, f"{upload_dir}/{case_id}", "s"]
+    assert done.stdout.decode().split("\0")[:-1] == [
+        case_id,
+        f"{upload_dir}/{case_id}/run-1",
+        "s",
+    ]
     assert injected_files(tmp_path, REPO_DIR) == []
 
 
@@ -89,9 +93,8 @@ def test_a_rendered_command_gives_the_shell_exactly_the_name(case_id, tmp_path):
 def test_a_case_id_that_is_not_a_folder_name_never_becomes_a_path(case_id):
     config = get_config()
 
-    for make_path in (config.remote_case_dir, config.remote_output_dir, config.local_results_dir):
-        with pytest.raises(ValueError, match="cannot be used as a folder name"):
-            make_path(case_id)
+    with pytest.raises(ValueError, match="cannot be used as a folder name"):
+        config.run_paths(case_id, 1)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from cases.folder import FolderState, inspect_case_folder, iter_candidate_folders
 from workers.gpu_discovery.nvidia_smi import (
     COMPUTE_APPS_QUERY,
     COMPUTE_APPS_QUERY_ARGS,
@@ -23,7 +24,6 @@ from workers.gpu_discovery.nvidia_smi import (
     parse_compute_apps,
     parse_gpus,
 )
-from workers.scanner.folder import FolderState, inspect_case_folder, iter_candidate_folders
 
 STANDINS = Path(__file__).resolve().parents[2] / "hpc_standins"
 # The pattern config.yaml gives the run_moqui_sim step.

@@ -22,6 +22,7 @@ from dramatiq import Worker
 
 from cases.models import Case
 from mqi_site.config import get_config
+from tests import paths
 from tests.conftest import REPO_DIR
 from tests.sshd import SSHServer
 from workers.gpu_discovery.sync import sync_gpus
@@ -46,11 +47,19 @@ class GPUServer:
     configure: Callable[[Callable[[dict], None] | None], Path]
 
     def case_dir(self, case_id: str) -> Path:
-        return self.upload_dir / case_id
+        """The case's newest run folder on the server."""
+        return paths.last_run_dir(self.upload_dir, case_id)
+
+    def results(self, case_id: str) -> Path:
+        """The case's newest run's local results folder."""
+        return paths.last_run_dir(self.results_dir, case_id)
+
+    def output(self, case_id: str) -> Path:
+        """The case's newest run's output folder on the server."""
+        return paths.last_run_dir(self.download_dir, case_id)
 
     def starts(self, case_id: str, program: str) -> int:
-        marker = self.case_dir(case_id) / ".mqi_starts" / program
-        return len(marker.read_text().splitlines()) if marker.exists() else 0
+        return paths.starts(self.upload_dir, case_id, program)
 
 
 @pytest.fixture

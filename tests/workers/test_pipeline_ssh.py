@@ -57,8 +57,8 @@ def test_a_case_goes_through_every_step_over_ssh(gpu_server, discovered_gpus, wo
         ("run_moqui_sim", "SUCCEEDED"),
         ("download_results", "SUCCEEDED"),
     ]
-    local = gpu_server.results_dir / "QA-0001" / "RTDOSE.dcm"
-    remote = gpu_server.download_dir / "QA-0001" / "RTDOSE.dcm"
+    local = gpu_server.results("QA-0001") / "RTDOSE.dcm"
+    remote = gpu_server.output("QA-0001") / "RTDOSE.dcm"
     assert sha256(local) == sha256(remote)
     assert gpu_server.starts("QA-0001", "interpreter") == 1
     assert gpu_server.starts("QA-0001", "moquisim") == 1
@@ -75,7 +75,7 @@ def test_a_hostile_case_name_goes_through_every_step_and_injects_nothing(
     (case,) = wait_terminal(name)
 
     assert case.status == Case.Status.COMPLETED, case.error_message
-    assert (gpu_server.results_dir / name / "RTDOSE.dcm").exists()
+    assert (gpu_server.results(name) / "RTDOSE.dcm").exists()
     interpreter = case.steps.get(name="run_interpreter")
     assert f"--case {name!r}" not in interpreter.command  # quoted by shlex, not repr
     for root in (tmp_path, REPO_DIR, Path.home()):
@@ -120,7 +120,7 @@ def test_sshd_killed_while_a_command_runs_reattaches_and_runs_it_once(
     assert case.status == Case.Status.COMPLETED, case.error_message
     assert gpu_server.starts("QA-0004", "moquisim") == 1
     assert gpu_server.starts("QA-0004", "interpreter") == 1
-    assert (gpu_server.results_dir / "QA-0004" / "RTDOSE.dcm").exists()
+    assert (gpu_server.results("QA-0004") / "RTDOSE.dcm").exists()
 
 
 def test_timeout_kills_the_whole_process_group(gpu_server, discovered_gpus, workers):

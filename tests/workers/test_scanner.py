@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import time_machine
 
+from cases.manifest import folder_manifest
 from cases.models import Case
 from conductor.actors import conductor
 from mqi_site.config import get_config
@@ -47,15 +48,37 @@ def test_a_folder_with_its_ready_marker_is_reported_at_once(stub_broker, watch_d
 
     assert result.reported == ["QA-1"]
     (payload,) = reported(stub_broker)
+    plan = payload.pop("plan")
     assert payload == {
         "case_id": "QA-1",
         "source_path": str(watch_dir / "QA-1"),
         "workflow": "default_qa",
         "problems": [],
+        "log_check": "passed",
+        "manifest": folder_manifest(watch_dir / "QA-1"),
     }
+    assert (plan["patient_id"], plan["plan_label"]) == ("QA0001", "QA0001 PBS")
+    assert plan["beams"] == [{"number": 1, "name": "B1 G090"}, {"number": 2, "name": "B2 G270"}]
 
 
-def test_a_folder_without_marker_waits_for_the_quiet_period(stub_broker, watch_dir):
+def test_with_a_marker_configured_old_looking_files_are_not_enough(stub_broker, watch_dir):
+    folder = make_case(watch_dir, "QA-copied")
+    (folder / "READY").unlink()
+    long_ago = time.time() - 30 * 86400  # copied with its times kept: cp -p, rsync -t
+    for path in [folder, *folder.iterdir()]:
+        os.utime(path, (long_ago, long_ago))
+
+    assert scan_cases(get_config()).incomplete == ["QA-copied"]
+    assert reported(stub_broker) == []
+
+
+@pytest.fixture
+def no_marker(use_config) -> None:
+    """A site without a ready marker: the quiet period decides."""
+    use_config(lambda raw: raw["scanner"].update(ready_marker=""))
+
+
+def test_a_folder_without_marker_waits_for_the_quiet_period(stub_broker, no_marker, watch_dir):
     folder = make_case(watch_dir, "QA-2")
     (folder / "READY").unlink()
     now = time.time()
@@ -70,12 +93,12 @@ def test_a_folder_without_marker_waits_for_the_quiet_period(stub_broker, watch_d
         assert scan_cases(get_config()).reported == ["QA-2"]
 
 
-def test_a_folder_still_being_written_is_not_picked_up_early(stub_broker, watch_dir):
+def test_a_folder_still_being_written_is_not_picked_up_early(stub_broker, no_marker, watch_dir):
     folder = make_case(watch_dir, "QA-3")
     (folder / "READY").unlink()
     start = time.time()
     with time_machine.travel(start + 20, tick=False):
-        (folder / "late_beam.ptn").write_text("1 150 0 0 0.1\n")  # a write 20 s in
+        (folder / "late_beam.ptn").write_text("# beam_number: 1\n1 150 0 0 0.1\n")  # 20 s in
         os.utime(folder / "late_beam.ptn", (start + 20, start + 20))
     quiet = get_config().scanner.quiet_period_sec
 

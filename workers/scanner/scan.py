@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cases.folder import FolderState, check_case_folder, folder_facts, iter_candidate_folders
 from cases.models import Case
 from mqi_site.config import Config
 from mqi_site.messaging import CONDUCTOR, Command, send
-from workers.scanner.folder import FolderState, inspect_case_folder, iter_candidate_folders
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,8 @@ def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
         case_id = case_id_for(path.name)
         if case_id in known:
             continue
-        verdict = inspect_case_folder(
-            path,
-            ready_marker=scanner.ready_marker,
-            quiet_period_sec=scanner.quiet_period_sec,
-            rtplan_globs=scanner.rtplan_globs,
-            log_patterns=scanner.log_patterns,
-            now=now,
-        )
+        check = check_case_folder(path, scanner, now=now)
+        verdict = check.verdict
         if verdict.state == FolderState.INCOMPLETE:
             result.incomplete.append(case_id)
             continue
@@ -91,6 +85,7 @@ def scan_cases(config: Config, folders: list[str] | None = None) -> ScanResult:
                 "source_path": _storable(str(path)),
                 "workflow": scanner.workflow,
                 "problems": problems,
+                **folder_facts(check),
             },
         )
         result.reported.append(case_id)

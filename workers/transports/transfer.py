@@ -26,11 +26,12 @@ import hashlib
 import logging
 import os
 import posixpath
+import shlex
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.transports.base import FileDigest, FileStat, Transport, TransportError, WriteStream
@@ -68,6 +69,8 @@ class TransferReport:
     files_resent: int = 0
     bytes_sent: int = 0
     seconds: float = 0.0
+    # every file now in place at the destination, as verified: (relative path, size, sha256)
+    verified: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def megabytes_per_sec(self) -> float:
@@ -106,6 +109,38 @@ def download_tree(
     source = _Tree(transport, _remote_root(remote_dir, transport), local=False)
     destination = _Tree(local, _local_root(local_dir), local=True)
     return _Copy(source, destination, on_progress).run()
+
+
+def prune_tree(fs: Transport, root: str, keep: set[str]) -> list[str]:
+    """Remove everything under ``root`` but the files in ``keep`` (relative paths) and the
+    folders that hold them; returns what was removed.  Links are removed, never followed."""
+    keep_dirs = {posixpath.dirname(path) for path in keep}
+    for path in list(keep_dirs):
+        while path:
+            path = posixpath.dirname(path)
+            keep_dirs.add(path)
+    removed: list[str] = []
+    pending = [""]
+    while pending:
+        relative_dir = pending.pop()
+        for entry in fs.listdir(posixpath.join(root, relative_dir) if relative_dir else root):
+            relative = posixpath.join(relative_dir, entry.name)
+            if entry.is_dir and not entry.is_symlink and relative in keep_dirs:
+                pending.append(relative)
+            elif not (entry.is_file and not entry.is_symlink and relative in keep):
+                remove_tree(fs, posixpath.join(root, relative))
+                removed.append(relative)
+    return sorted(removed)
+
+
+def remove_tree(fs: Transport, path: str) -> None:
+    """``rm -rf`` one path (a link itself, never what it points at); gone already is fine."""
+    result = fs.run(f"rm -rf -- {shlex.quote(path)}", timeout=DIGEST_TIMEOUT_BASE_SEC)
+    if not result.ok:
+        raise TransportError(
+            f"{fs.description}: cannot remove {path!r}: {result.stderr.strip()[:300]}",
+            permanent=True,
+        )
 
 
 def part_name(name: str) -> str:
@@ -361,7 +396,7 @@ class _Copy:
             far = self.far.fs.digests(far_paths, timeout=timeout)
             near = near_future.result()
         in_place = {
-            id(c)
+            id(c): n.sha256
             for c, n, f in zip(candidates, near, far, strict=True)
             if n is not None and n == f and n.size == c.size
         }
@@ -372,6 +407,7 @@ class _Copy:
                 continue
             self.report.files_skipped += 1
             self.report.bytes_skipped += item.size
+            self.report.verified.append((item.relative, item.size, in_place[id(item)]))
             if item.offset:
                 self.destination.fs.remove(item.part)  # a stale attempt of a file now in place
         return remaining
@@ -550,6 +586,7 @@ class _Copy:
                 )
                 mismatched.append(item)
         self.destination.fs.rename_all([(item.part, item.final) for item in verified])
+        self.report.verified += [(item.relative, item.size, item.local_sha256) for item in verified]
         if still_differs is not None:
             raise still_differs
         for item in mismatched:

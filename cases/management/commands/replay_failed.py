@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from cases.management.commands._selection import parse_when
 from cases.models import Case
-from conductor.state import CaseStateError, case_retry
+from conductor.operations import case_retry
+from conductor.state import CaseStateError
 
 
 class Command(BaseCommand):
@@ -50,11 +51,13 @@ class Command(BaseCommand):
                 self.stdout.write(f"would replay from {where}: {line}")
                 continue
             try:
-                case_retry(case_pk=case.pk, from_start=opts["from_start"], actor="replay_failed")
+                _, said = case_retry(
+                    case_pk=case.pk, from_start=opts["from_start"], actor="replay_failed"
+                )
             except CaseStateError as exc:
                 self.stderr.write(f"skipped {case.case_id}: {exc}")
                 continue
             if opts["verbosity"] >= 1:
-                self.stdout.write(f"replaying from {where}: {line}")
+                self.stdout.write(f"replaying {case.case_id}: folder checked again, {said}")
         verb = "would replay" if opts["dry_run"] else "replayed"
         self.stdout.write(self.style.SUCCESS(f"{verb} {len(selected)} case(s)"))

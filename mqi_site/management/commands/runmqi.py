@@ -127,11 +127,15 @@ class Command(BaseCommand):
         return self._report(wanted, config)
 
     def _report(self, case_ids: Iterable[str], config) -> int:
-        cases = Case.objects.filter(case_id__in=list(case_ids)).order_by("case_id")
+        cases = (
+            Case.objects.filter(case_id__in=list(case_ids))
+            .select_related("current_run")
+            .order_by("case_id")
+        )
         failed = 0
         for case in cases:
             if case.status == Case.Status.COMPLETED:
-                where = f"{config.results.local_dir}/{case.case_id}"
+                where = config.run_paths(case.case_id, case.current_run.number).results_dir
                 self.stdout.write(self.style.SUCCESS(f"  COMPLETED  {case.case_id}  -> {where}"))
             else:
                 failed += 1

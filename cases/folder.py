@@ -1,19 +1,25 @@
 """Is a case folder complete, and is it a valid QA case? Pure functions over the file system.
 
-A case folder is *complete* when its ready-marker file exists or nothing in it changed for
-``quiet_period_sec``.  "Changed" means the newest modification time of any entry at any
-depth (symbolic links themselves, never their targets) and of the folder itself, so a
-copy that is still adding or growing files keeps the folder ``INCOMPLETE``.
+A case folder is *complete* when its ready-marker file exists.  Only a site that runs
+without a marker (``ready_marker: ""``) relies on the quiet period instead: complete once
+nothing changed for ``quiet_period_sec``.  "Changed" means the newest modification time of
+any entry at any depth (symbolic links themselves, never their targets) and of the folder
+itself, so a copy that is still adding or growing files keeps the folder ``INCOMPLETE``.
+With a marker configured, old-looking files never make a folder complete (a copy that
+keeps the files' times, as ``cp -p`` or ``rsync -t`` do, would look finished at once).
 
 A complete folder is then validated.  Every problem found becomes one sentence a physicist
 can act on ("plan.dcm is not a DICOM file"); the folder is ``READY_INVALID`` when there is
 at least one.  The rules:
 
 * the folder name is the case id and must be usable as one (:func:`case_id_problem`);
-* at least one readable RTPLAN among the files matching ``rtplan_globs``, and every RTPLAN
-  has beams (``IonBeamSequence`` or ``BeamSequence`` with items) and is whole (a file cut
-  short is refused, not read as a smaller plan);
+* exactly one readable RTPLAN among the files matching ``rtplan_globs``; it has treatment
+  beams (``IonBeamSequence`` or ``BeamSequence`` items that are not setup beams) and is
+  whole (a file cut short is refused, not read as a smaller plan);
 * every pattern in ``log_patterns`` matches at least one file;
+* with ``check_log_identity``, the logs belong to the plan: every log names the plan's
+  patient and one of its treatment beams, and every treatment beam has a log
+  (:mod:`cases.identity`);
 * plan and log files are not empty;
 * no entry is unreadable: a broken symbolic link, a folder where a file is expected, a
   device or FIFO, a permission problem;
@@ -33,6 +39,7 @@ is complete.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import stat
@@ -42,10 +49,14 @@ from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any, Protocol
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+
+from cases import manifest as manifests
+from cases.identity import HEADER_BYTES, PLAN_INFO_NAME, PlanIdentity, log_problems, plan_identity
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_ION_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.8"
@@ -62,6 +73,15 @@ class FolderState(enum.StrEnum):
     READY_INVALID = "READY_INVALID"
 
 
+class LogCheck(enum.StrEnum):
+    """Whether the delivery logs were matched against the plan's patient and beams."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    OFF = "off"  # scanner.check_log_identity is false
+    NOT_REACHED = ""  # no readable plan to match them against
+
+
 @dataclass
 class FolderVerdict:
     """What :func:`inspect_case_folder` found.
@@ -69,8 +89,9 @@ class FolderVerdict:
     ``reasons`` is empty unless the state is ``READY_INVALID`` (or the folder disappeared
     while it was inspected, which is ``INCOMPLETE``).  ``rtplan_files`` holds the RTPLANs
     that were read successfully, ``log_files`` every file matching a log pattern; both are
-    sorted and filled for invalid folders too.  ``newest_mtime`` is the newest modification
-    time seen (the folder's own included), in seconds since the epoch.
+    sorted and filled for invalid folders too.  ``identity`` is the plan's, when exactly
+    one plan was read.  ``newest_mtime`` is the newest modification time seen (the
+    folder's own included), in seconds since the epoch.
     """
 
     case_id: str
@@ -79,6 +100,8 @@ class FolderVerdict:
     rtplan_files: list[Path] = field(default_factory=list)
     log_files: list[Path] = field(default_factory=list)
     newest_mtime: float = 0.0
+    identity: PlanIdentity | None = None
+    log_check: LogCheck = LogCheck.NOT_REACHED
 
 
 def case_id_problem(name: str) -> str | None:
@@ -154,6 +177,7 @@ def inspect_case_folder(
     rtplan_globs: Sequence[str],
     log_patterns: Sequence[str],
     now: float,
+    check_log_identity: bool = True,
 ) -> FolderVerdict:
     """Decide whether the case folder at ``path`` is still being written, valid or invalid."""
     case_id = path.name
@@ -168,7 +192,7 @@ def inspect_case_folder(
             FolderState.INCOMPLETE,
             ["the folder disappeared while it was being inspected"],
         )
-    if not walk.has_marker and now - walk.newest_mtime < quiet_period_sec:
+    if not _complete(walk, ready_marker, quiet_period_sec, now):
         return FolderVerdict(case_id, FolderState.INCOMPLETE, newest_mtime=walk.newest_mtime)
 
     reasons: list[str] = []
@@ -178,6 +202,13 @@ def inspect_case_folder(
     reasons.extend(walk.problems)
     checked = _check_contents(walk, rtplan_globs, log_patterns)
     reasons.extend(checked.reasons)
+    log_check = LogCheck.NOT_REACHED
+    if checked.identity is not None and not checked.reasons:
+        log_check = LogCheck.OFF
+        if check_log_identity:
+            mismatches = _check_logs(walk, checked)
+            reasons.extend(mismatches)
+            log_check = LogCheck.FAILED if mismatches else LogCheck.PASSED
     if len(reasons) > MAX_REASONS:
         hidden = len(reasons) - MAX_REASONS
         reasons = [*reasons[:MAX_REASONS], f"... and {hidden} more problems"]
@@ -188,7 +219,81 @@ def inspect_case_folder(
         rtplan_files=[path / rel for rel in checked.rtplans],
         log_files=[path / rel for rel in checked.logs],
         newest_mtime=walk.newest_mtime,
+        identity=checked.identity,
+        log_check=log_check,
     )
+
+
+@dataclass
+class FolderCheck:
+    """A verdict with the folder's manifest (empty when the folder is not valid)."""
+
+    verdict: FolderVerdict
+    manifest: manifests.Manifest = field(default_factory=list)
+
+
+def check_case_folder(path: Path, scanner: ScannerRules, *, now: float) -> FolderCheck:
+    """The scanner's rules and the manifest, for a new folder or a case about to restart.
+
+    The manifest is taken between two cheap looks at every file (size, mtime, inode): a
+    folder that changed while it was checked is reported ``INCOMPLETE`` and looked at
+    again later, so the files hashed are the files that were validated.
+    """
+    before = None  # a folder that cannot be listed as a whole: the verdict says why
+    if folder_link_problem(path) is None:  # never list what a link out points at
+        with contextlib.suppress(manifests.ManifestError):
+            before = manifests.signature(path)
+    verdict = inspect_case_folder(
+        path,
+        ready_marker=scanner.ready_marker,
+        quiet_period_sec=scanner.quiet_period_sec,
+        rtplan_globs=scanner.rtplan_globs,
+        log_patterns=scanner.log_patterns,
+        check_log_identity=scanner.check_log_identity,
+        now=now,
+    )
+    if verdict.state != FolderState.READY_VALID:
+        return FolderCheck(verdict)
+    try:
+        manifest = manifests.folder_manifest(path)
+        changed = before != manifests.signature(path)
+    except manifests.FolderChanging:
+        changed = True
+    except manifests.ManifestError as exc:
+        verdict.state = FolderState.READY_INVALID
+        verdict.reasons.append(str(exc))
+        return FolderCheck(verdict)
+    if changed:
+        reason = "the folder changed while it was being checked; it is looked at again"
+        return FolderCheck(FolderVerdict(verdict.case_id, FolderState.INCOMPLETE, [reason]))
+    return FolderCheck(verdict, manifest)
+
+
+def folder_facts(check: FolderCheck) -> dict[str, Any]:
+    """What a check found besides its reasons, as message payload: the plan's identity,
+    whether the logs were matched to it, and the manifest."""
+    identity = check.verdict.identity
+    return {
+        "plan": identity.as_payload() if identity is not None else None,
+        "log_check": str(check.verdict.log_check),
+        "manifest": check.manifest,
+    }
+
+
+class ScannerRules(Protocol):
+    """The settings :func:`check_case_folder` needs (``config.scanner``)."""
+
+    ready_marker: str
+    quiet_period_sec: float
+    rtplan_globs: Sequence[str]
+    log_patterns: Sequence[str]
+    check_log_identity: bool
+
+
+def _complete(walk: _Walk, ready_marker: str, quiet_period_sec: float, now: float) -> bool:
+    if ready_marker:
+        return walk.has_marker
+    return now - walk.newest_mtime >= quiet_period_sec
 
 
 def folder_link_problem(path: Path) -> str | None:
@@ -272,6 +377,10 @@ def _visit(
         walk.problems.append(f"{_shown(rel)} cannot be read: {_why(exc)}")
         return
     walk.newest_mtime = max(walk.newest_mtime, info.st_mtime)
+    if not _is_utf8(entry.name):
+        # it could not be stored in the manifest, shown faithfully, or named in a command
+        walk.problems.append(f"{_shown(rel)} has a name that is not valid UTF-8; rename it")
+        return
     if not rel_dir and ready_marker and entry.name == ready_marker and stat.S_ISREG(info.st_mode):
         walk.has_marker = True
         return
@@ -331,6 +440,8 @@ class _Checked:
     reasons: list[str] = field(default_factory=list)
     rtplans: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
+    plan_infos: list[str] = field(default_factory=list)
+    identity: PlanIdentity | None = None  # of the one plan, when there is exactly one
 
 
 def _check_contents(
@@ -351,22 +462,33 @@ def _check_contents(
     candidates = [f for f in visible if any(_matches(f.rel, g) for g in rtplan_globs)]
     not_plans: list[str] = []
     plan_problems = 0
+    plans: dict[str, tuple[str, PlanIdentity]] = {}  # by SOPInstanceUID: copies are one plan
     for file in candidates:
         if file.size == 0:
-            is_plan, problem, description = False, f"{_shown(file.rel)} is empty (0 bytes)", ""
+            read = _PlanRead(problem=f"{_shown(file.rel)} is empty (0 bytes)")
         else:
-            is_plan, problem, description = _read_plan(file)
-        if problem:
+            read = _read_plan(file)
+        if read.problem:
             plan_problems += 1
-            checked.reasons.append(problem)
-        elif is_plan:
+            checked.reasons.append(read.problem)
+        elif read.identity is not None:
             checked.rtplans.append(file.rel)
+            plans.setdefault(read.sop_instance_uid or file.rel, (file.rel, read.identity))
         else:
-            not_plans.append(f"{_shown(file.rel)}: {description}")
+            not_plans.append(f"{_shown(file.rel)}: {read.description}")
     # A candidate that could not be read already has its own reason; "no RTPLAN" on top of
     # "plan.dcm is not a DICOM file" would only repeat it.
     if not checked.rtplans and not plan_problems:
         checked.reasons.append(_no_plan_reason(rtplan_globs, not_plans))
+    if len(plans) > 1:
+        names = ", ".join(_shown(rel) for rel, _ in plans.values())
+        checked.reasons.append(
+            f"the folder holds {len(plans)} different RTPLANs ({names}); a case folder holds "
+            "the one plan that was delivered"
+        )
+    elif len(plans) == 1 and not plan_problems:
+        checked.identity = next(iter(plans.values()))[1]
+    checked.plan_infos = [f.rel for f in visible if _base_name(f.rel).lower() == PLAN_INFO_NAME]
     for pattern in log_patterns:
         matched = [file for file in visible if _matches(file.rel, pattern)]
         if not matched:
@@ -387,34 +509,63 @@ def _no_plan_reason(rtplan_globs: Sequence[str], not_plans: list[str]) -> str:
     return f"no RTPLAN DICOM file found (looked for {looked_for})"
 
 
-def _read_plan(file: _File) -> tuple[bool, str | None, str]:
-    """Read one candidate: (is an RTPLAN, problem sentence or None, what it is instead)."""
+@dataclass
+class _PlanRead:
+    """One candidate read: a plan (``identity``), a problem, or what it is instead."""
+
+    identity: PlanIdentity | None = None
+    sop_instance_uid: str = ""
+    problem: str | None = None
+    description: str = ""
+
+
+def _read_plan(file: _File) -> _PlanRead:
     shown = _shown(file.rel)
     try:
         dataset = pydicom.dcmread(file.read_path, stop_before_pixels=True)
         cut = _cut_short(dataset)
         if cut:
-            return False, f"{shown} is cut short ({cut}); copy the complete file again", ""
+            return _PlanRead(problem=f"{shown} is cut short ({cut}); copy the complete file again")
         modality = str(dataset.get("Modality", "") or "")
         sop_class = str(dataset.get("SOPClassUID", "") or "")
         if modality != "RTPLAN" and sop_class not in PLAN_SOP_CLASSES:
-            return False, None, f"Modality {modality}" if modality else "no Modality"
+            return _PlanRead(description=f"Modality {modality}" if modality else "no Modality")
         beams = dataset.get("IonBeamSequence") or dataset.get("BeamSequence")
+        identity = plan_identity(dataset)
+        uid = str(dataset.get("SOPInstanceUID", "") or "")
     except InvalidDicomError:
-        return False, f"{shown} is not a DICOM file", ""
+        return _PlanRead(problem=f"{shown} is not a DICOM file")
     except OSError as exc:
-        return False, f"{shown} cannot be read: {_why(exc)}", ""
+        return _PlanRead(problem=f"{shown} cannot be read: {_why(exc)}")
     except Exception as exc:  # noqa: BLE001
         # pydicom parsing untrusted bytes can fail in many ways; each is a finding about
         # this file, and one damaged file must not stop the scan of every other folder.
-        return False, f"{shown} is a damaged DICOM file ({type(exc).__name__}: {exc})", ""
+        return _PlanRead(problem=f"{shown} is a damaged DICOM file ({type(exc).__name__}: {exc})")
     if not beams:
-        return (
-            True,
-            f"{shown} is an RTPLAN without beams (no IonBeamSequence or BeamSequence items)",
-            "",
+        return _PlanRead(
+            problem=f"{shown} is an RTPLAN without beams (no IonBeamSequence or BeamSequence items)"
         )
-    return True, None, ""
+    if not identity.beams:
+        return _PlanRead(
+            problem=f"{shown} has no treatment beams (only setup beams or beams without a number)"
+        )
+    return _PlanRead(identity=identity, sop_instance_uid=uid)
+
+
+def _check_logs(walk: _Walk, checked: _Checked) -> list[str]:
+    """The logs against the one plan (see :func:`cases.identity.log_problems`)."""
+    assert checked.identity is not None
+    paths = {file.rel: file.read_path for file in walk.files}
+    plan_name = _shown(checked.rtplans[0])
+
+    def head(rel: str) -> bytes:
+        try:
+            with open(paths[rel], "rb") as handle:
+                return handle.read(HEADER_BYTES)
+        except OSError:
+            return b""  # reported by the walk already, or gone since: nothing to match
+
+    return log_problems(checked.identity, plan_name, checked.logs, checked.plan_infos, head)
 
 
 def _cut_short(dataset: pydicom.Dataset) -> str | None:
@@ -437,6 +588,18 @@ def _cut_short(dataset: pydicom.Dataset) -> str | None:
 
 
 # --- small helpers --------------------------------------------------------------------------
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _base_name(rel: str) -> str:
+    return rel.rsplit("/", 1)[-1]
 
 
 def _matches(rel: str, pattern: str) -> bool:
