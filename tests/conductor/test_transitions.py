@@ -9,6 +9,7 @@ from conductor import state
 from gpus.models import GPUResource
 from mqi_site.messaging import QUEUES, Command, ErrorKind
 from tests.conductor.helpers import (
+    FOLDER,
     active_run,
     fail,
     make_gpus,
@@ -381,6 +382,70 @@ def test_replay_from_the_start_runs_every_step_again(stub_broker):
     assert case.progress == 10
     assert CaseEvent.objects.filter(case=case, kind="replayed").exists()
     assert run_to_completion(case).status == Case.Status.COMPLETED
+
+
+def test_a_retry_stays_in_its_run_when_the_folder_is_unchanged(stub_broker):
+    make_gpus(1)
+    case = register("case-1")
+    succeed(active_run(case))
+    fail(active_run(case), ErrorKind.PERMANENT, "bad plan")
+
+    retry(case)
+
+    case.refresh_from_db()
+    assert case.current_run.number == 1
+    assert active_run(case).run == case.current_run
+
+
+def test_a_retry_on_a_changed_folder_starts_a_new_run_from_the_upload(stub_broker):
+    make_gpus(1)
+    case = register("case-1")
+    succeed(active_run(case))
+    fail(active_run(case), ErrorKind.PERMANENT, "a log was missing")
+    changed = [*FOLDER, {"path": "beam3.ptn", "size": 9, "sha256": "1" * 64}]
+
+    retry(case, manifest=changed)
+
+    case.refresh_from_db()
+    assert case.current_run.number == 2
+    assert active_run(case).name == "upload_case_files"
+    assert active_run(case).run == case.current_run
+    event = CaseEvent.objects.filter(case=case, kind="replayed").get()
+    assert "the folder changed since run 1 was uploaded (added beam3.ptn)" in event.message
+    assert run_to_completion(case).current_run.manifest == changed
+
+
+def test_a_retry_of_a_folder_still_invalid_keeps_the_case_failed(stub_broker):
+    (gpu,) = make_gpus(1)
+    case = register("case-1", problems=["RP.plan.dcm is not a DICOM file"])
+
+    retry(case, problems=["QA0001_beam1.ptn is empty (0 bytes)"])
+
+    case.refresh_from_db()
+    gpu.refresh_from_db()
+    assert (case.status, case.error_kind) == (Case.Status.FAILED, ErrorKind.INVALID_INPUT)
+    assert case.error_message == "invalid case folder: QA0001_beam1.ptn is empty (0 bytes)"
+    assert not case.steps.exists() and case.current_run is None
+    assert gpu.status == GPUResource.Status.AVAILABLE
+
+
+def test_a_run_records_its_manifest_and_its_result_files(stub_broker):
+    make_gpus(1)
+    case = register("case-1")
+    for _ in range(3):
+        succeed(active_run(case))
+    files = [{"path": "RTDOSE.dcm", "size": 5264, "sha256": "2" * 64}]
+
+    succeed(active_run(case), files=files)
+
+    case.refresh_from_db()
+    run = case.current_run
+    assert case.status == Case.Status.COMPLETED
+    assert run.manifest == FOLDER and run.uploaded_at is not None
+    assert [(f.path, f.size, f.sha256) for f in run.result_files.all()] == [
+        ("RTDOSE.dcm", 5264, "2" * 64)
+    ]
+    assert run.finished_at == case.finished_at
 
 
 def test_retry_refuses_a_running_case(stub_broker):

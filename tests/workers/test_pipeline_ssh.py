@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cases.models import Case, WorkflowStep
+from conductor.operations import case_retry
 from conductor.state import case_cancel
 from gpus.models import GPUResource
 from mqi_site.config import get_config
@@ -63,6 +64,31 @@ def test_a_case_goes_through_every_step_over_ssh(gpu_server, discovered_gpus, wo
     assert gpu_server.starts("QA-0001", "interpreter") == 1
     assert gpu_server.starts("QA-0001", "moquisim") == 1
     assert not GPUResource.objects.filter(reserved_by__isnull=False).exists()
+
+
+def test_a_rerun_over_ssh_sees_only_the_fixed_folder(gpu_server, discovered_gpus, workers):
+    folder = make_case(gpu_server.watch_dir, "QA-rerun", switches={"MQI_FAIL_MOQUI": "5 x"})
+    scan_cases(get_config())
+    (failed,) = wait_terminal("QA-rerun")
+    leftover = gpu_server.case_dir("QA-rerun") / "MQI_FAIL_MOQUI"
+    assert failed.status == Case.Status.FAILED and leftover.exists()
+
+    (folder / "MQI_FAIL_MOQUI").unlink()
+    case_retry(case_pk=failed.pk, from_start=True, actor="physicist")
+    (case,) = wait_terminal("QA-rerun")
+
+    assert case.status == Case.Status.COMPLETED, case.error_message
+    assert gpu_server.case_dir("QA-rerun").name == "run-2"
+    uploaded = sorted(
+        path.name for path in gpu_server.case_dir("QA-rerun").iterdir() if path.is_file()
+    )
+    assert uploaded == sorted(entry["path"] for entry in case.manifest)
+    assert "MQI_FAIL_MOQUI" not in uploaded
+    assert sorted(f.path for f in case.current_run.result_files.all()) == sorted(
+        str(path.relative_to(gpu_server.results("QA-rerun")))
+        for path in gpu_server.results("QA-rerun").rglob("*")
+        if path.is_file()
+    )
 
 
 def test_a_hostile_case_name_goes_through_every_step_and_injects_nothing(
