@@ -1,6 +1,6 @@
 """Where one conductor transition spends its time: ``.venv/bin/python -m bench.profile_transition``.
 
-Runs ``state.step_run_succeeded`` for upload outcomes in this process, on a database of its
+Runs ``transitions.step_run_succeeded`` for upload outcomes in this process, on a database of its
 own (``mqi_bench``, created and dropped, as ``bench/run`` does), prints the statements of
 one transition, the mean time per transition, and a cProfile listing (``--profile``).
 ``--handoff``: simulation outcomes instead, each releasing a GPU that the transition hands
@@ -60,7 +60,7 @@ def _profile(count: int, profile: bool, handoff: bool, sort: str) -> None:
     from django.test.utils import CaptureQueriesContext
 
     from bench import fixtures
-    from conductor import state
+    from conductor import transitions
     from mqi_site.messaging import Command
 
     call_command("migrate", interactive=False, verbosity=0)
@@ -72,7 +72,7 @@ def _profile(count: int, profile: bool, handoff: bool, sort: str) -> None:
     cases = fixtures.cases_in_flight(count + warmup + 1, step=step, prefix="p")
 
     def transition(case: fixtures.InFlight) -> None:
-        state.step_run_succeeded(
+        transitions.step_run_succeeded(
             step_run_id=case.run_id,
             command=command,
             outcome={"case_id": case.case_id, "step_run_id": case.run_id},

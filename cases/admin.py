@@ -1,7 +1,7 @@
 """The case admin: a read-only view of every case and its history, plus operator actions.
 
 Nothing here changes a case's state by itself.  Every action (retry, re-run, cancel,
-priority) calls a function of :mod:`conductor.state`, which refuses with a
+priority) calls a function of :mod:`conductor.operations`, which refuses with a
 ``CaseStateError`` when it does not apply; the message is shown to the operator as is.
 Fields are never editable: a saved form would write a stale copy of the row over whatever
 the conductor did in the meantime.
@@ -29,14 +29,14 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from cases import provenance
 from cases.models import ACTIVE_FIRST, Case, CaseEvent, WorkflowStep
-from conductor.operations import case_retry
-from conductor.state import CaseStateError, case_cancel, case_change_priority
+from conductor.operations import case_cancel, case_change_priority, case_retry
+from conductor.transitions import CaseStateError
 from gpus.models import GPUResource
 from mqi_site.config import get_config
 
@@ -95,10 +95,10 @@ def case_link(case: Case | None) -> SafeString | str:
     return format_html('<a href="{}">{}</a>', url, case.case_id)
 
 
-def held_gpu(case: Case) -> GPUResource | None:
-    """The GPU a case holds, from the ``select_related`` cache (no query when prefetched)."""
-    # A missing reverse one-to-one raises RelatedObjectDoesNotExist, an AttributeError.
-    return getattr(case, "reserved_gpu", None)
+def gpu_links(gpus: list[GPUResource]) -> SafeString | str:
+    if not gpus:
+        return "—"
+    return format_html_join(", ", "{}", ((gpu_link(gpu),) for gpu in gpus))
 
 
 # --- operator actions: one definition serves the list and the detail page --------------
@@ -416,7 +416,7 @@ class CaseAdmin(OperatorActionsAdmin):
     search_fields = ("case_id", "patient_id", "patient_name", "plan_label")
     search_help_text = "Search by case id, patient ID, patient name or plan label (any part)."
     ordering = (ACTIVE_FIRST.asc(), "-created_at")
-    list_select_related = ("reserved_gpu",)
+    list_select_related = ("current_run",)
     list_per_page = 100
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # a COUNT per filter choice: too dear on big tables
@@ -455,6 +455,9 @@ class CaseAdmin(OperatorActionsAdmin):
         ("Times", {"fields": ("created_at", "updated_at", "finished_at", "age", "duration")}),
     )
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).with_gpus()
+
     def has_delete_permission(self, request: HttpRequest, obj: Case | None = None) -> bool:
         # Never: a deleted case whose folder is still in the watched directory is found
         # again by the scanner and run as a new case.
@@ -484,7 +487,7 @@ class CaseAdmin(OperatorActionsAdmin):
 
     @admin.display(description="GPU")
     def gpu(self, case: Case) -> SafeString | str:
-        return gpu_link(held_gpu(case))
+        return gpu_links(case.gpus)
 
     @admin.display(description="Age", ordering="-created_at")
     def age(self, case: Case) -> str:

@@ -70,6 +70,10 @@ class ManifestDiff:
             parts.append(f"changed {_listed(self.changed, limit)}")
         return "; ".join(parts) or "no difference"
 
+    def describe_if_any(self) -> str:
+        """:meth:`describe`, or "" when there is no difference."""
+        return self.describe() if self else ""
+
 
 def folder_manifest(root: Path | str) -> Manifest:
     """The manifest of the folder at ``root`` as it is now.

@@ -1,6 +1,6 @@
 """QA cases and the history of every step run.
 
-State changes are made by the conductor (``conductor.state``); this module only says what
+State changes are made by the conductor (``conductor.transitions``); this module only says what
 a case and a step run are and which rules the data must keep.  The rules live in the
 database as constraints so that no code path, admin edit or race can break them.
 """
@@ -10,28 +10,14 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
-
-# Module level so the Meta constraints can name them; used as Case.Status, WorkflowStep.Status.
-class CaseStatus(models.TextChoices):
-    NEW = "NEW"
-    PENDING_RESOURCE = "PENDING_RESOURCE", "Waiting for a GPU"
-    PROCESSING = "PROCESSING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-class StepStatus(models.TextChoices):
-    PENDING = "PENDING"
-    DISPATCHED = "DISPATCHED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-ACTIVE_STEP_STATUSES = (StepStatus.PENDING, StepStatus.DISPATCHED, StepStatus.RUNNING)
-ACTIVE_CASE_STATUSES = (CaseStatus.NEW, CaseStatus.PENDING_RESOURCE, CaseStatus.PROCESSING)
+from cases.statuses import (  # re-exported: Case.Status, WorkflowStep.Status
+    ACTIVE_CASE_STATUSES,
+    ACTIVE_STEP_STATUSES,
+    IN_FLIGHT_STEP_STATUSES,
+    TERMINAL_CASE_STATUSES,
+    CaseStatus,
+    StepStatus,
+)
 
 # The admin's default order (cases still moving first, then newest); an index matches it.
 ACTIVE_FIRST = models.Case(
@@ -41,10 +27,21 @@ ACTIVE_FIRST = models.Case(
 )
 
 
+class CaseQuerySet(models.QuerySet):
+    def with_gpus(self) -> CaseQuerySet:
+        """Fetch the GPUs each case's step runs hold in one more query (:attr:`Case.gpus`)."""
+        in_flight = WorkflowStep.objects.filter(status__in=IN_FLIGHT_STEP_STATUSES)
+        return self.prefetch_related(
+            models.Prefetch(
+                "steps", queryset=in_flight.select_related("held_gpu"), to_attr="runs_in_flight"
+            )
+        )
+
+
 class Case(models.Model):
     Status = CaseStatus
 
-    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    TERMINAL = TERMINAL_CASE_STATUSES
     ACTIVE = ACTIVE_CASE_STATUSES
 
     case_id = models.CharField(max_length=255, unique=True, help_text="The case folder's name.")
@@ -80,6 +77,8 @@ class Case(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = CaseQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [
@@ -111,6 +110,16 @@ class Case(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def gpus(self) -> list:
+        """The GPUs the case's step runs hold now (prefetched by ``with_gpus()``)."""
+        runs = getattr(self, "runs_in_flight", None)
+        if runs is None:
+            in_flight = self.steps.filter(status__in=IN_FLIGHT_STEP_STATUSES)
+            runs = in_flight.select_related("held_gpu")
+        # a missing reverse one-to-one raises RelatedObjectDoesNotExist, an AttributeError
+        return [gpu for run in runs if (gpu := getattr(run, "held_gpu", None)) is not None]
 
 
 class CaseRun(models.Model):
@@ -165,11 +174,18 @@ class ResultFile(models.Model):
 
 
 class WorkflowStep(models.Model):
-    """One attempt of one step for one case (a *step run*); messages carry its id."""
+    """One attempt of one step for one case (a *step run*); messages carry its id.
+
+    A step that fans out over the plan's beams has one step run per beam
+    (``beam_number``; 0 for a step that does not fan out).  A step run that needs a GPU
+    and has none waits as PENDING; it holds its GPU (``GPUResource.step_run``) while it is
+    in flight, and hands it on or releases it when it ends.
+    """
 
     Status = StepStatus
 
     ACTIVE = ACTIVE_STEP_STATUSES
+    IN_FLIGHT = IN_FLIGHT_STEP_STATUSES
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="steps")
     run = models.ForeignKey(
@@ -177,8 +193,11 @@ class WorkflowStep(models.Model):
     )
     name = models.CharField(max_length=64)
     type = models.CharField(max_length=20)
+    beam_number = models.PositiveIntegerField(default=0, help_text="0: not fanned out.")
+    beam_name = models.CharField(max_length=64, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # The GPU it ran on (kept for the record; the live booking is GPUResource.step_run).
     gpu = models.ForeignKey(
         "gpus.GPUResource", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -205,13 +224,15 @@ class WorkflowStep(models.Model):
                 name="cases_workflowstep_status_valid",
             ),
             models.UniqueConstraint(
-                fields=["case", "name", "attempt"], name="cases_workflowstep_unique_attempt"
+                fields=["case", "name", "beam_number", "attempt"],
+                name="cases_workflowstep_unique_attempt",
             ),
-            # At most one step run of a case is in flight: outcomes for any other are stale.
+            # At most one step run per step and beam of a case is active: outcomes for any
+            # other are stale.
             models.UniqueConstraint(
-                fields=["case"],
+                fields=["case", "name", "beam_number"],
                 condition=Q(status__in=ACTIVE_STEP_STATUSES),
-                name="cases_workflowstep_one_active_per_case",
+                name="cases_workflowstep_one_active_per_beam",
             ),
         ]
         indexes = [
@@ -223,7 +244,8 @@ class WorkflowStep(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.case.case_id}:{self.name}#{self.attempt}"
+        beam = f"[beam {self.beam_number}]" if self.beam_number else ""
+        return f"{self.case.case_id}:{self.name}{beam}#{self.attempt}"
 
     @property
     def is_active(self) -> bool:

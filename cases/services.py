@@ -42,7 +42,7 @@ def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> datetime 
 def step_run_claim(*, step_run_id: int, deadline_sec: float) -> bool:
     """Take a dispatched step run for this worker; False if another worker already has it.
 
-    A re-driven step run is dispatched again (see ``conductor.state.step_run_redrive``), so
+    A re-driven step run is dispatched again (see ``conductor.transitions.step_run_redrive``), so
     a worker that died holding it is replaced, while a duplicate of the message that
     arrives while a live worker works on it finds it running and is dropped.
     """

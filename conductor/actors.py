@@ -1,9 +1,9 @@
 """The ``conductor`` actor on ``conductor_queue``: ``conductor.send(command, payload)``.
 
-It only translates a message into a call of :mod:`conductor.state`; every decision is made
-there.  Database errors propagate so Dramatiq's Retries middleware tries again with
-backoff (the handlers are idempotent); a malformed message is logged and dropped, since
-no retry can fix it.
+It only translates a message into a call of :mod:`conductor.transitions`; every decision
+is made by :mod:`conductor.machine`.  Database errors propagate so Dramatiq's Retries
+middleware tries again with backoff (the handlers are idempotent); a malformed message is
+logged and dropped, since no retry can fix it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import dramatiq
 
-from conductor import notifications, reconcile, state
+from conductor import notifications, reconcile, transitions
 from mqi_site.messaging import CONDUCTOR, NOTIFIER, QUEUES, Command
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _require(payload: dict[str, Any], key: str, kind: type) -> Any:
 
 
 def _new_case_found(command: str, payload: dict[str, Any]) -> None:
-    state.case_register(
+    transitions.case_register(
         case_id=_require(payload, "case_id", str),
         source_path=_require(payload, "source_path", str),
         workflow_name=payload.get("workflow"),
@@ -40,7 +40,7 @@ def _new_case_found(command: str, payload: dict[str, Any]) -> None:
     )
 
 
-def folder_facts(payload: dict[str, Any]) -> state.FolderFacts:
+def folder_facts(payload: dict[str, Any]) -> transitions.FolderFacts:
     """The folder check a ``new_case_found`` message carries (see cases.folder)."""
     plan = payload.get("plan")
     manifest = payload.get("manifest") or []
@@ -48,7 +48,7 @@ def folder_facts(payload: dict[str, Any]) -> state.FolderFacts:
         raise MalformedMessage(f"payload key 'plan' is not a mapping: {plan!r}")
     if not isinstance(manifest, list) or not all(_is_entry(entry) for entry in manifest):
         raise MalformedMessage("payload key 'manifest' is not a list of {path, size, sha256}")
-    return state.FolderFacts(
+    return transitions.FolderFacts(
         problems=[str(problem) for problem in payload.get("problems") or []],
         plan=plan,
         log_check=str(payload.get("log_check") or ""),
@@ -67,12 +67,12 @@ def _is_entry(entry: object) -> bool:
 
 def _step_succeeded(command: str, payload: dict[str, Any]) -> None:
     step_run_id = _require(payload, "step_run_id", int)
-    state.step_run_succeeded(step_run_id=step_run_id, command=command, outcome=payload)
+    transitions.step_run_succeeded(step_run_id=step_run_id, command=command, outcome=payload)
 
 
 def _step_failed(command: str, payload: dict[str, Any]) -> None:
     step_run_id = _require(payload, "step_run_id", int)
-    state.step_run_failed(step_run_id=step_run_id, command=command, outcome=payload)
+    transitions.step_run_failed(step_run_id=step_run_id, command=command, outcome=payload)
 
 
 def _reconcile(command: str, payload: dict[str, Any]) -> None:

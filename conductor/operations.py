@@ -4,6 +4,7 @@ Retry and re-run check the case folder again with the scanner's rules before any
 starts (the check reads files, so it happens here, before the conductor's transaction):
 a folder that is still invalid keeps the case FAILED with the current reasons, and a
 folder that changed since the case's run uploaded it starts a new run from the upload.
+Cancel and priority are the conductor's too; the admin and the commands only call these.
 """
 
 from __future__ import annotations
@@ -11,57 +12,92 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from django.db import transaction
+
+from cases import manifest as manifests
 from cases.folder import FolderState, check_case_folder, folder_facts
-from cases.models import Case
-from conductor import state
-from conductor.state import CaseStateError
+from cases.models import Case, CaseEvent
+from conductor import transitions
+from conductor.transitions import CaseStateError, FolderFacts
 from mqi_site.config import get_config
 
 RESTARTABLE = (Case.Status.FAILED, Case.Status.CANCELLED)
 
 
 def case_retry(*, case_pk: int, from_start: bool = False, actor: str = "") -> tuple[Case, str]:
-    """Check the folder again, then restart the case (see :func:`state.case_restart`).
+    """Check the folder again, then restart the case (see ``transitions.case_restart``).
 
     Returns the case and what was done, in words.  Raises :class:`CaseStateError` when the
     case cannot be restarted, including when its folder is still invalid (the case then
     carries the current reasons).
     """
-    case = Case.objects.get(pk=case_pk)
+    case = Case.objects.select_related("current_run").get(pk=case_pk)
     if case.status not in RESTARTABLE:
         raise CaseStateError(
             f"case {case.case_id} is {case.status}; only FAILED or CANCELLED cases can be retried"
         )
     facts = check_folder(case)
-    case, said = state.case_restart(
-        case_pk=case_pk, facts=facts, from_start=from_start, actor=actor
+    run = case.current_run
+    changed = ""
+    if not facts.problems and run is not None and run.uploaded_at is not None:
+        changed = manifests.diff(run.manifest, list(facts.manifest)).describe_if_any()
+    case, said = transitions.case_restart(
+        case_pk=case_pk, facts=facts, changed=changed, from_start=from_start, actor=actor
     )
     if facts.problems:
         raise CaseStateError(
-            f"case {case.case_id} was not restarted: its folder was checked again: {said} "
+            f"case {case.case_id} was not restarted: {said} "
             "(fix the folder in the watch directory, then try again)"
         )
     return case, said
 
 
-def check_folder(case: Case) -> state.FolderFacts:
+def case_cancel(*, case_pk: int, actor: str = "") -> Case:
+    """Kill the case's remote process groups, release its GPUs, mark it CANCELLED."""
+    return transitions.case_cancel(case_pk=case_pk, actor=actor)
+
+
+def case_change_priority(*, case_pk: int, by: int, actor: str = "") -> Case:
+    """Raise (``by`` > 0) or lower the priority relative to its value under the lock."""
+    with transaction.atomic():
+        case = transitions.lock_case(case_pk)
+        return _set_priority(case, case.priority + by, actor)
+
+
+def case_set_priority(*, case_pk: int, priority: int, actor: str = "") -> Case:
+    with transaction.atomic():
+        return _set_priority(transitions.lock_case(case_pk), priority, actor)
+
+
+def check_folder(case: Case) -> FolderFacts:
     """The scanner's verdict on the case's folder as it is now."""
     path = Path(case.source_path)
     if not path.is_dir():
-        return state.FolderFacts(
-            problems=[f"the case folder {path} is gone from the watch directory"]
-        )
+        return FolderFacts(problems=[f"the case folder {path} is gone from the watch directory"])
     check = check_case_folder(path, get_config().scanner, now=time.time())
-    facts = folder_facts(check)
-    problems = list(check.verdict.reasons)
+    found = folder_facts(check)
+    problems: list[str] = []
     if check.verdict.state == FolderState.INCOMPLETE:
-        problems = problems or [_incomplete_reason()]
-    return state.FolderFacts(
-        problems=problems if check.verdict.state != FolderState.READY_VALID else [],
-        plan=facts["plan"],
-        log_check=facts["log_check"],
-        manifest=facts["manifest"],
+        problems = list(check.verdict.reasons) or [_incomplete_reason()]
+    elif check.verdict.state == FolderState.READY_INVALID:
+        problems = list(check.verdict.reasons)
+    return FolderFacts(
+        problems=problems,
+        plan=found["plan"],
+        log_check=found["log_check"],
+        manifest=found["manifest"],
     )
+
+
+def _set_priority(case: Case, priority: int, actor: str) -> Case:
+    if case.is_terminal:
+        raise CaseStateError(f"case {case.case_id} is {case.status}; priority no longer matters")
+    CaseEvent.objects.create(
+        case=case, kind="priority", message=f"priority {case.priority} -> {priority}", actor=actor
+    )
+    case.priority = priority
+    case.save(update_fields=["priority", "updated_at"])
+    return case
 
 
 def _incomplete_reason() -> str:

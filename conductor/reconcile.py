@@ -5,9 +5,9 @@ converge whatever was lost (a flushed broker, a killed worker, a restarted proce
 
 1. step runs past their deadline are re-sent (the workers are idempotent per step run);
 2. running cases with no step in flight are advanced;
-3. GPUs booked by a case that is not running are released, with a history entry;
-4. waiting cases are given free GPUs, even if the release event that should have woken
-   them was lost.
+3. GPUs booked by a step run that ended are released, with a history entry;
+4. step runs waiting for a GPU are given free ones, even if the release event that
+   should have woken them was lost.
 
 It runs periodically (``conductor.reconcile_interval_sec``) and at start-up.
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from cases.models import ACTIVE_STEP_STATUSES, Case, WorkflowStep
-from conductor import state
+from cases.models import ACTIVE_STEP_STATUSES, IN_FLIGHT_STEP_STATUSES, Case, WorkflowStep
+from conductor import transitions
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,17 @@ class ReconcileReport:
 
 
 def overdue_step_runs(*, everything: bool = False):
-    runs = WorkflowStep.objects.filter(status__in=ACTIVE_STEP_STATUSES)
+    runs = WorkflowStep.objects.filter(status__in=IN_FLIGHT_STEP_STATUSES)
     if not everything:
         runs = runs.filter(deadline__lt=timezone.now())
     return runs.select_related("case")
 
 
 def stalled_cases():
-    """NEW or PROCESSING cases with no step in flight: nothing will move them but us."""
-    in_flight = WorkflowStep.objects.filter(case=OuterRef("pk"), status__in=ACTIVE_STEP_STATUSES)
-    return Case.objects.filter(status__in=[Case.Status.NEW, Case.Status.PROCESSING]).exclude(
-        Exists(in_flight)
-    )
+    """Active cases with no step run at all in flight or waiting: nothing will move them
+    but us (a repair; every transition starts the next step run in its own transaction)."""
+    active = WorkflowStep.objects.filter(case=OuterRef("pk"), status__in=ACTIVE_STEP_STATUSES)
+    return Case.objects.filter(status__in=Case.ACTIVE).exclude(Exists(active))
 
 
 def reconcile(*, startup: bool = False) -> ReconcileReport:
@@ -68,16 +67,16 @@ def reconcile(*, startup: bool = False) -> ReconcileReport:
     overdue ones: after a restart on the in-memory broker, every message is gone."""
     report = ReconcileReport()
     for run in overdue_step_runs(everything=startup):
-        outcome = state.step_run_redrive(step_run_id=run.pk, force=startup)
+        outcome = transitions.step_run_redrive(step_run_id=run.pk, force=startup)
         if outcome == "redriven":
             report.redriven.append(str(run))
         elif outcome == "failed":
             report.failed.append(str(run))
     for case in stalled_cases():
-        state.advance_workflow(case.pk, skip_locked=True)
+        transitions.advance_workflow(case.pk, skip_locked=True)
         report.advanced.append(case.case_id)
-    report.gpus_repaired = state.gpu_repair_bookings()
-    report.waiting_started = state.advance_waiting_cases()
+    report.gpus_repaired = transitions.gpu_repair_bookings()
+    report.waiting_started = transitions.advance_waiting()
     if report:
         log.warning("reconcile: %s", report.summary())
     return report

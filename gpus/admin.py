@@ -2,7 +2,7 @@
 
 GPU rows are written by GPU discovery and by the conductor (reservations), never by hand:
 the admin is read-only and its two actions call ``gpu_start_maintenance`` (a reserved GPU
-is drained: it finishes its case, then goes to maintenance) and ``gpu_end_maintenance``.
+is drained: it finishes its step run, then goes to maintenance) and ``gpu_end_maintenance``.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from cases.admin import (
     list_actions,
     status_badge,
 )
-from conductor.state import gpu_end_maintenance, gpu_start_maintenance
+from conductor.maintenance import gpu_end_maintenance, gpu_start_maintenance
 from gpus.models import GPUResource
 
 
 def _start_maintenance(gpu: GPUResource, actor: str) -> str:
     gpu = gpu_start_maintenance(gpu_pk=gpu.pk, actor=actor)
     if gpu.drain_requested:
-        return f"GPU {gpu}: drain requested; it goes to maintenance when its case finishes"
+        return f"GPU {gpu}: drain requested; it goes to maintenance when its step finishes"
     return f"GPU {gpu}: in maintenance"
 
 
@@ -70,10 +70,10 @@ class GPUResourceAdmin(OperatorActionsAdmin):
     )
     list_display_links = ("slot",)
     list_filter = ("host", "status", "drain_requested")
-    list_select_related = ("reserved_by",)
+    list_select_related = ("step_run__case",)
     ordering = ("host", "index")
     list_per_page = 200
-    search_fields = ("host", "uuid", "name", "reserved_by__case_id")
+    search_fields = ("host", "uuid", "name", "step_run__case__case_id")
     fieldsets = (
         (None, {"fields": ("host", "index", "uuid", "name", "status_badge", "held_by")}),
         ("Maintenance", {"fields": ("drain_requested", "foreign_processes")}),
@@ -99,7 +99,11 @@ class GPUResourceAdmin(OperatorActionsAdmin):
 
     @admin.display(description="Case")
     def held_by(self, gpu: GPUResource) -> SafeString | str:
-        return case_link(gpu.reserved_by)
+        if gpu.step_run is None:
+            return "—"
+        return format_html(
+            '{} <span class="mqi-muted">{}</span>', case_link(gpu.step_run.case), gpu.step_run.name
+        )
 
     @admin.display(description="Util.", ordering="utilization_pct")
     def utilization(self, gpu: GPUResource) -> str:

@@ -21,16 +21,16 @@ class GPUResource(models.Model):
     uuid = models.CharField(max_length=64, blank=True)
     name = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.AVAILABLE)
-    # One-to-one: a GPU is held by at most one case and a case holds at most one GPU.
-    reserved_by = models.OneToOneField(
-        "cases.Case",
+    # One-to-one: a GPU is held by at most one step run and a step run holds at most one.
+    step_run = models.OneToOneField(
+        "cases.WorkflowStep",
         null=True,
         blank=True,
         on_delete=models.PROTECT,
-        related_name="reserved_gpu",
+        related_name="held_gpu",
     )
     reserved_at = models.DateTimeField(null=True, blank=True)
-    # Maintenance asked for while reserved: the GPU finishes its case, then goes to
+    # Maintenance asked for while reserved: the GPU finishes its step run, then goes to
     # MAINTENANCE instead of AVAILABLE.
     drain_requested = models.BooleanField(default=False)
     # Processes on the GPU that this system did not start; such a GPU is not handed out.
@@ -50,13 +50,13 @@ class GPUResource(models.Model):
                 condition=Q(status__in=GPUStatus.values),
                 name="gpus_gpuresource_status_valid",
             ),
-            # RESERVED <=> held by a case.
+            # RESERVED <=> held by a step run.
             models.CheckConstraint(
                 condition=(
-                    Q(status="RESERVED", reserved_by__isnull=False)
-                    | (~Q(status="RESERVED") & Q(reserved_by__isnull=True))
+                    Q(status="RESERVED", step_run__isnull=False)
+                    | (~Q(status="RESERVED") & Q(step_run__isnull=True))
                 ),
-                name="gpus_gpuresource_reserved_has_case",
+                name="gpus_gpuresource_reserved_has_step_run",
             ),
         ]
 

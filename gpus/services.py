@@ -1,101 +1,93 @@
-"""Reserving and releasing GPU rows.
+"""Reserving, handing on and releasing GPU rows.
 
-These functions only *do* a reservation or a release inside the caller's transaction; the
-conductor alone decides *when*.  Both are compare-and-swap updates, so even a database
-without row locks (SQLite) cannot hand one GPU to two cases.
+These functions only *do* a booking inside the caller's transaction; the conductor alone
+decides *when*.  Every change is a compare-and-swap (``filter(pk=..., status=old)
+.update(...)``, acting only if the row was still as expected), so even a database without
+row locks (SQLite) cannot hand one GPU to two step runs; on PostgreSQL the candidate row is
+also locked with SKIP LOCKED, so concurrent reservations pass each other by instead of
+waiting.
 """
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Iterable
 
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from cases.models import Case
+from cases.models import WorkflowStep
 from gpus.models import GPUResource
-from mqi_site import rows
 
 
-@cache
-def _gpu_sql(statement: str) -> str:
-    return f"{statement} RETURNING {rows.select_list(GPUResource)}"
-
-
-def gpu_held_by(case: Case) -> GPUResource | None:
-    sql = f"SELECT {rows.select_list(GPUResource)} FROM gpus_gpuresource WHERE reserved_by_id = %s"
-    return rows.fetch(GPUResource, sql, [case.pk])
-
-
-def reserve_gpu(*, case: Case, host: str | None = None) -> GPUResource | None:
-    """Give ``case``, which holds no GPU (see :func:`gpu_held_by`), a free one.
-
-    On ``host`` when given; the first free one by host and index.  Must run inside
-    ``transaction.atomic()``.  Rows another transaction is reserving are skipped rather
-    than waited for, so concurrent reservations never block each other; a second GPU for
-    the same case is refused by the database.
-    """
-    return rows.fetch(
-        GPUResource,
-        _reserve_sql(bool(host)),
-        [
-            GPUResource.Status.RESERVED,
-            case.pk,
-            rows.prep(GPUResource, "reserved_at", timezone.now()),
-            GPUResource.Status.AVAILABLE,
-            *([host] if host else []),
-            GPUResource.Status.AVAILABLE,
-        ],
+def free_gpus(host: str | None = None):
+    """GPUs a step run may take: available, and running nothing this system did not start."""
+    free = GPUResource.objects.filter(
+        status=GPUResource.Status.AVAILABLE, foreign_processes=0, step_run__isnull=True
     )
-
-
-@cache
-def _reserve_sql(on_host: bool) -> str:
-    # One statement: the sub-select picks and locks a free row (SKIP LOCKED: one another
-    # transaction is taking is passed over), the update takes it only if it is still free
-    # (compare-and-swap, which alone keeps SQLite, without row locks, from double-booking).
-    free = (
-        "SELECT id FROM gpus_gpuresource WHERE status = %s AND foreign_processes = 0"
-        " AND reserved_by_id IS NULL" + (" AND host = %s" if on_host else "")
-    )
-    return _gpu_sql(
-        "UPDATE gpus_gpuresource SET status = %s, reserved_by_id = %s, reserved_at = %s"
-        f' WHERE id = ({free} ORDER BY host, "index" LIMIT 1{rows.for_update(skip_locked=True)})'
-        " AND status = %s AND reserved_by_id IS NULL"
-    )
-
-
-def release_gpu(*, case: Case, held: GPUResource | None = None) -> GPUResource | None:
-    """Free the GPU ``case`` holds, if any; a GPU asked to drain goes to MAINTENANCE.
-
-    Returns the GPU as it is afterwards, or None when the case held none.  ``held``: the
-    GPU the caller knows the case holds (only its id is used).
-    """
-    which, key = ("id", held.pk) if held is not None else ("reserved_by_id", case.pk)
-    return rows.fetch(
-        GPUResource,
-        _release_sql(which),
-        [
-            GPUResource.Status.MAINTENANCE,
-            GPUResource.Status.AVAILABLE,
-            False,
-            key,
-            case.pk,
-        ],
-    )
-
-
-@cache
-def _release_sql(which: str) -> str:
-    return _gpu_sql(
-        "UPDATE gpus_gpuresource SET"
-        " status = CASE WHEN drain_requested THEN %s ELSE %s END,"
-        " reserved_by_id = NULL, reserved_at = NULL, drain_requested = %s"
-        f" WHERE {which} = %s AND reserved_by_id = %s"
-    )
+    return free.filter(host=host) if host else free
 
 
 def free_gpu_exists(host: str | None = None) -> bool:
-    free = GPUResource.objects.filter(status=GPUResource.Status.AVAILABLE, foreign_processes=0)
-    if host:
-        free = free.filter(host=host)
-    return free.exists()
+    return free_gpus(host).exists()
+
+
+def reserve_gpu(*, step_run: WorkflowStep, host: str | None = None) -> GPUResource | None:
+    """Give ``step_run`` a free GPU (on ``host`` when given): the first by host and index.
+
+    Must run inside ``transaction.atomic()``.  Returns the GPU, or None when none is free.
+    """
+    while True:
+        candidate = (
+            free_gpus(host)
+            .select_for_update(skip_locked=True, of=("self",))
+            .order_by("host", "index")
+            .first()
+        )
+        if candidate is None:
+            return None
+        taken = GPUResource.objects.filter(
+            pk=candidate.pk, status=GPUResource.Status.AVAILABLE, step_run__isnull=True
+        ).update(status=GPUResource.Status.RESERVED, step_run=step_run, reserved_at=timezone.now())
+        if taken:
+            candidate.status, candidate.step_run = GPUResource.Status.RESERVED, step_run
+            return candidate
+        # another transaction took it between our look and our update (SQLite): next one
+
+
+def hand_over(*, from_run: int, to_run: WorkflowStep) -> GPUResource | None:
+    """Move the GPU ``from_run`` holds to ``to_run`` (a case keeping its GPU between steps,
+    or a retry keeping its step's).  Returns it, or None when ``from_run`` held none."""
+    gpu = GPUResource.objects.filter(step_run_id=from_run).first()
+    if gpu is None:
+        return None
+    moved = GPUResource.objects.filter(pk=gpu.pk, step_run_id=from_run).update(step_run=to_run)
+    return gpu if moved else None
+
+
+def release_gpus(*, step_runs: Iterable[int]) -> list[GPUResource]:
+    """Free the GPUs the step runs hold; a GPU asked to drain goes to MAINTENANCE instead.
+
+    Returns the GPUs as they are afterwards.
+    """
+    held = list(
+        GPUResource.objects.filter(step_run_id__in=list(step_runs)).values_list("pk", flat=True)
+    )
+    if not held:
+        return []
+    GPUResource.objects.filter(pk__in=held).update(
+        status=Case(
+            When(drain_requested=True, then=Value(GPUResource.Status.MAINTENANCE)),
+            default=Value(GPUResource.Status.AVAILABLE),
+        ),
+        step_run=None,
+        reserved_at=None,
+        drain_requested=False,
+    )
+    return list(GPUResource.objects.filter(pk__in=held))
+
+
+def gpus_held(step_runs: Iterable[int]) -> dict[int, int]:
+    """``{step run id: GPU id}`` for the step runs that hold one."""
+    return dict(
+        GPUResource.objects.filter(step_run_id__in=list(step_runs)).values_list("step_run_id", "pk")
+    )

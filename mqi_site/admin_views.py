@@ -55,12 +55,12 @@ def status_counts() -> list[StatusCount]:
 
 
 def running_cases() -> list[Case]:
-    running = Case.objects.filter(status=Case.Status.PROCESSING).select_related("reserved_gpu")
+    running = Case.objects.filter(status=Case.Status.PROCESSING).with_gpus()
     return list(running.order_by("-priority", "created_at")[:RUNNING_SHOWN])
 
 
 def gpu_occupancy() -> list[HostOccupancy]:
-    gpus = GPUResource.objects.select_related("reserved_by").order_by("host", "index")
+    gpus = GPUResource.objects.select_related("step_run__case").order_by("host", "index")
     return [HostOccupancy(host, list(group)) for host, group in groupby(gpus, lambda g: g.host)]
 
 

@@ -48,8 +48,9 @@ class CaseMetrics(Collector):
         yield steps
 
         retries = CounterMetricFamily(
-            "mqi_step_attempts", "Step runs created, by step", labels=["step"]
+            "mqi_step_attempts", "Step runs sent to a worker, by step", labels=["step"]
         )
-        for name, n in WorkflowStep.objects.values_list("name").annotate(n=Count("pk")).order_by():
+        sent = WorkflowStep.objects.filter(dispatched_at__isnull=False)
+        for name, n in sent.values_list("name").annotate(n=Count("pk")).order_by():
             retries.add_metric([name], n)
         yield retries

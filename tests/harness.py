@@ -581,7 +581,7 @@ class ProductionSystem:
                 self._check_results(case.case_id, figures)
         booked = self.db.query(
             "SELECT host, index, status FROM gpus_gpuresource"
-            " WHERE status = 'RESERVED' OR reserved_by_id IS NOT NULL"
+            " WHERE status = 'RESERVED' OR step_run_id IS NOT NULL"
         )
         figures.leaked_gpus = len(booked)
         problems += [f"GPU {host}:{index} still {status}" for host, index, status in booked]

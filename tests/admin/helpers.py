@@ -10,8 +10,8 @@ from django.test import Client
 from django.utils import timezone
 from playwright.sync_api import BrowserContext, Page
 
-from cases.models import Case
-from conductor import state
+from cases.models import Case, WorkflowStep
+from conductor import maintenance, transitions
 from gpus.models import GPUResource
 from tests.conductor.helpers import (
     active_run,
@@ -61,7 +61,7 @@ def completed_case(case_id: str) -> Case:
 
 def cancelled_case(case_id: str) -> Case:
     case = register_sample(case_id)
-    return state.case_cancel(case_pk=case.pk, actor="operator")
+    return transitions.case_cancel(case_pk=case.pk, actor="operator")
 
 
 def populate_demo() -> dict[str, Case]:
@@ -69,7 +69,7 @@ def populate_demo() -> dict[str, Case]:
     make_gpus(3, host="local")
     make_gpus(2, host="gpu-node-2")
     node2 = GPUResource.objects.filter(host="gpu-node-2")
-    state.gpu_start_maintenance(gpu_pk=node2.get(index=1).pk, actor="operator")
+    maintenance.gpu_start_maintenance(gpu_pk=node2.get(index=1).pk, actor="operator")
     completed_case("QA-2025-0100")
     cases = {
         "failed": failed_case("QA-2025-0101"),
@@ -117,11 +117,15 @@ def bulk_cases(count: int, *, start: int = 0) -> list[Case]:
 
 
 def hold_gpus(cases: list[Case], gpus: list[GPUResource]) -> None:
-    """Give each GPU to one of the PROCESSING ``cases`` (as the conductor would)."""
+    """Give each GPU to a step run of one of the PROCESSING ``cases`` (as the conductor
+    would)."""
     running = [case for case in cases if case.status == Case.Status.PROCESSING]
     for gpu, case in zip(gpus, running, strict=False):
+        run = WorkflowStep.objects.create(
+            case=case, name="run_moqui_sim", type="execute", status=WorkflowStep.Status.RUNNING
+        )
         GPUResource.objects.filter(pk=gpu.pk).update(
-            status=GPUResource.Status.RESERVED, reserved_by=case
+            status=GPUResource.Status.RESERVED, step_run=run
         )
 
 

@@ -13,7 +13,7 @@ from cases.admin import MAX_MESSAGES_PER_KIND
 from cases.models import Case, CaseEvent
 from gpus.models import GPUResource
 from tests.admin.helpers import completed_case, failed_case, processing_case, reload
-from tests.conductor.helpers import make_gpus, register
+from tests.conductor.helpers import holder, make_gpus, register
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,9 +92,9 @@ def test_maintenance_of_a_reserved_gpu_waits_for_its_case(operator_client: Clien
 
     gpu.refresh_from_db()
     assert messages == [
-        ("success", f"GPU {gpu}: drain requested; it goes to maintenance when its case finishes")
+        ("success", f"GPU {gpu}: drain requested; it goes to maintenance when its step finishes")
     ]
-    assert (gpu.status, gpu.reserved_by_id, gpu.drain_requested) == ("RESERVED", case.pk, True)
+    assert (gpu.status, holder(gpu), gpu.drain_requested) == ("RESERVED", case, True)
 
     messages = list_action(operator_client, GPU_LIST, "end_maintenance", [gpu])
 

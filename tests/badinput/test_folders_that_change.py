@@ -20,7 +20,7 @@ import pytest
 from django.core.management import call_command
 
 from cases.models import Case, CaseEvent, WorkflowStep
-from conductor.state import case_cancel
+from conductor.operations import case_cancel
 from mqi_site.config import get_config
 from mqi_site.messaging import ErrorKind
 from tests.badinput.conftest import Site, files_under, run_mqi

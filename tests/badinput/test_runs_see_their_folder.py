@@ -14,8 +14,8 @@ import pytest
 from django.core.management import call_command
 
 from cases.models import Case, CaseEvent
-from conductor.operations import case_retry
-from conductor.state import CaseStateError, case_cancel
+from conductor.operations import case_cancel, case_retry
+from conductor.transitions import CaseStateError
 from mqi_site.config import get_config
 from mqi_site.messaging import ErrorKind
 from tests.badinput.conftest import Site

@@ -17,6 +17,7 @@ from mqi_site.messaging import ErrorKind
 from tests.conductor.helpers import (
     active_run,
     fail,
+    held_gpu,
     make_gpus,
     register,
     register_sample,
@@ -134,7 +135,7 @@ def test_cancel_case_cancels_and_releases_the_gpu(gpus, stub_broker):
 
     case = Case.objects.get(case_id="a")
     assert case.status == Case.Status.CANCELLED
-    assert not hasattr(case, "reserved_gpu") or case.reserved_gpu is None
+    assert held_gpu(case) is None
     assert "cancelled a" in out
 
 

@@ -7,12 +7,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cases import manifest as manifests
 from cases.folder import FolderState, check_case_folder, folder_facts
 from cases.models import Case, WorkflowStep
-from conductor import state
+from conductor import transitions
 from gpus.models import GPUResource
 from mqi_site.config import get_config
 from mqi_site.messaging import STEP_ROUTES, ErrorKind
+
+
+def held_gpu(case: Case) -> GPUResource | None:
+    """The one GPU the case's step runs hold, or None (a test of one GPU per case)."""
+    gpus = Case.objects.get(pk=case.pk).gpus
+    assert len(gpus) <= 1, gpus
+    return gpus[0] if gpus else None
+
+
+def holder(gpu: GPUResource) -> Case | None:
+    """The case whose step run holds ``gpu`` now."""
+    gpu = GPUResource.objects.select_related("step_run__case").get(pk=gpu.pk)
+    return gpu.step_run.case if gpu.step_run else None
 
 
 def make_gpus(count: int, host: str = "local") -> list[GPUResource]:
@@ -34,14 +48,14 @@ PLAN = {
 }
 
 
-def facts(problems: Sequence[str] = (), manifest: list[dict] = FOLDER) -> state.FolderFacts:
+def facts(problems: Sequence[str] = (), manifest: list[dict] = FOLDER) -> transitions.FolderFacts:
     if problems:
-        return state.FolderFacts(problems=problems)
-    return state.FolderFacts(plan=PLAN, log_check="passed", manifest=manifest)
+        return transitions.FolderFacts(problems=problems)
+    return transitions.FolderFacts(plan=PLAN, log_check="passed", manifest=manifest)
 
 
 def register(case_id: str, problems: Sequence[str] = (), **kwargs: Any) -> Case:
-    case = state.case_register(
+    case = transitions.case_register(
         case_id=case_id, source_path=f"/incoming/{case_id}", facts=facts(problems), **kwargs
     )
     assert case is not None
@@ -58,10 +72,10 @@ def register_sample(case_id: str, **switches: str) -> Case:
     check = check_case_folder(folder, get_config().scanner, now=time.time())
     assert check.verdict.state == FolderState.READY_VALID, check.verdict.reasons
     found = folder_facts(check)
-    case = state.case_register(
+    case = transitions.case_register(
         case_id=case_id,
         source_path=str(folder),
-        facts=state.FolderFacts(
+        facts=transitions.FolderFacts(
             plan=found["plan"], log_check=found["log_check"], manifest=found["manifest"]
         ),
     )
@@ -79,9 +93,14 @@ def retry(
     manifest: list[dict] = FOLDER,
 ) -> Case:
     """An operator's retry after the folder was checked again (as it was, by default)."""
-    restarted, _ = state.case_restart(
+    run = Case.objects.get(pk=case.pk).current_run
+    changed = ""
+    if run is not None and run.uploaded_at is not None:
+        changed = manifests.diff(run.manifest, manifest).describe_if_any()
+    restarted, _ = transitions.case_restart(
         case_pk=case.pk,
         facts=facts(problems, manifest),
+        changed=changed,
         from_start=from_start,
         actor=actor,
     )
@@ -94,7 +113,7 @@ def active_run(case: Case) -> WorkflowStep | None:
 
 def succeed(run: WorkflowStep, **outcome: Any) -> bool:
     route = STEP_ROUTES[run.type]
-    return state.step_run_succeeded(
+    return transitions.step_run_succeeded(
         step_run_id=run.pk,
         command=route.success,
         outcome={"case_id": run.case.case_id, "step_run_id": run.pk, **outcome},
@@ -103,7 +122,7 @@ def succeed(run: WorkflowStep, **outcome: Any) -> bool:
 
 def fail(run: WorkflowStep, kind: str = ErrorKind.PERMANENT, message: str = "boom", **outcome):
     route = STEP_ROUTES[run.type]
-    return state.step_run_failed(
+    return transitions.step_run_failed(
         step_run_id=run.pk,
         command=route.failure,
         outcome={

@@ -11,7 +11,7 @@ from cases.models import Case, WorkflowStep
 from mqi_site import messaging
 from mqi_site.messaging import CONDUCTOR, QUEUES, Command
 from tests.brokers import redis_broker_swapped_in
-from tests.conductor.helpers import make_gpus
+from tests.conductor.helpers import held_gpu, make_gpus
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,7 +56,7 @@ def test_new_case_found_produces_the_upload_on_the_file_transfer_queue(redis_bro
     assert list(message.args) == [Command.UPLOAD_CASE, {"case_id": "case-1", "step_run_id": run.pk}]
     case = Case.objects.get()
     assert case.status == Case.Status.PROCESSING
-    assert case.reserved_gpu is not None
+    assert held_gpu(case) is not None
 
 
 def test_outcome_through_the_broker_dispatches_the_next_step(redis_broker):

@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 
 from cases.models import Case, WorkflowStep
-from conductor import state
+from conductor import transitions
 from gpus.models import GPUResource
 from mqi_site.messaging import QUEUES, STEP_ROUTES, Command, ErrorKind
 from tests.conductor.helpers import make_gpus
@@ -27,16 +27,20 @@ THREADS = 8
 CASES = 120
 GPUS = 4
 
-# One statement, so one snapshot: a PROCESSING case without a GPU, a waiting or finished case
-# holding one, or a GPU/case pair booked twice.
+# One statement, so one snapshot (every_step, no step fans out): a PROCESSING case whose
+# step runs hold no GPU or a waiting or finished case whose runs hold one, a case holding
+# two GPUs, a GPU held by a step run that ended, a case with two active step runs.
 VIOLATIONS_SQL = """
 SELECT
-  (SELECT count(*) FROM cases_case c LEFT JOIN gpus_gpuresource g ON g.reserved_by_id = c.id
-     WHERE (c.status = 'PROCESSING' AND g.id IS NULL)
-        OR (c.status <> 'PROCESSING' AND g.id IS NOT NULL)),
-  (SELECT count(*) FROM (SELECT reserved_by_id FROM gpus_gpuresource
-     WHERE reserved_by_id IS NOT NULL GROUP BY reserved_by_id HAVING count(*) > 1) twice),
-  (SELECT count(*) FROM gpus_gpuresource WHERE status = 'RESERVED' AND reserved_by_id IS NULL),
+  (SELECT count(*) FROM cases_case c
+     WHERE (c.status = 'PROCESSING') <> EXISTS (
+       SELECT 1 FROM gpus_gpuresource g JOIN cases_workflowstep r ON g.step_run_id = r.id
+       WHERE r.case_id = c.id)),
+  (SELECT count(*) FROM (SELECT r.case_id FROM gpus_gpuresource g
+     JOIN cases_workflowstep r ON g.step_run_id = r.id GROUP BY r.case_id
+     HAVING count(*) > 1) twice),
+  (SELECT count(*) FROM gpus_gpuresource g JOIN cases_workflowstep r ON g.step_run_id = r.id
+     WHERE r.status NOT IN ('PENDING', 'DISPATCHED', 'RUNNING')),
   (SELECT count(*) FROM (SELECT case_id FROM cases_workflowstep
      WHERE status IN ('PENDING', 'DISPATCHED', 'RUNNING') GROUP BY case_id HAVING count(*) > 1) two)
 """
@@ -89,7 +93,9 @@ def test_many_threads_never_double_book_a_gpu(stub_broker, use_config):
 
     def register_some(offset: int):
         for number in range(offset, CASES, THREADS):
-            state.case_register(case_id=f"case-{number:03d}", source_path=f"/in/case-{number:03d}")
+            transitions.case_register(
+                case_id=f"case-{number:03d}", source_path=f"/in/case-{number:03d}"
+            )
 
     def work():
         while not done.is_set():
@@ -110,9 +116,9 @@ def test_many_threads_never_double_book_a_gpu(stub_broker, use_config):
                 run = WorkflowStep.objects.select_related("case").get(pk=payload["step_run_id"])
                 reply, outcome = outcome_for(run)
                 handler = (
-                    state.step_run_succeeded
+                    transitions.step_run_succeeded
                     if reply == STEP_ROUTES[run.type].success
-                    else state.step_run_failed
+                    else transitions.step_run_failed
                 )
                 handler(step_run_id=run.pk, command=reply, outcome=outcome)
                 break
@@ -151,7 +157,7 @@ def test_many_threads_never_double_book_a_gpu(stub_broker, use_config):
     assert len(statuses) == CASES
     assert statuses == {case_id: expected_status(case_id) for case_id in statuses}
     assert GPUResource.objects.filter(status=GPUResource.Status.AVAILABLE).count() == GPUS
-    assert not GPUResource.objects.filter(reserved_by__isnull=False).exists()
+    assert not GPUResource.objects.filter(step_run__isnull=False).exists()
     # Every flaky upload was retried once and is visible in the history.
     flaky = [c for c in statuses if int(c.split("-")[1]) % 10 == 5]
     assert all(

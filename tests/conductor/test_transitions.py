@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from cases.models import Case, CaseEvent, WorkflowStep
-from conductor import state
+from conductor import maintenance, operations, transitions
 from gpus.models import GPUResource
 from mqi_site.messaging import QUEUES, Command, ErrorKind
 from tests.conductor.helpers import (
     FOLDER,
     active_run,
     fail,
+    held_gpu,
     make_gpus,
     register,
     retry,
@@ -35,7 +36,7 @@ def test_new_case_reserves_a_gpu_and_dispatches_the_upload(stub_broker):
     assert case.status == Case.Status.PROCESSING
     assert case.workflow_step == "upload_case_files"
     assert case.progress == 10
-    assert case.reserved_gpu == gpu
+    assert held_gpu(case) == gpu
     run = active_run(case)
     assert (run.name, run.type, run.attempt, run.status) == (
         "upload_case_files",
@@ -56,7 +57,8 @@ def test_case_waits_for_a_gpu_when_none_is_free(stub_broker):
 
     assert second.status == Case.Status.PENDING_RESOURCE
     assert second.workflow_step == "upload_case_files"
-    assert not second.steps.exists()
+    (waiting,) = second.steps.all()
+    assert (waiting.status, waiting.gpu, waiting.dispatched_at) == ("PENDING", None, None)
     assert CaseEvent.objects.filter(case=second, kind="waiting_for_gpu").exists()
 
 
@@ -69,7 +71,7 @@ def test_case_goes_through_every_step_in_order_and_completes(stub_broker):
         case.refresh_from_db()
         seen.append((run.name, case.progress))
         # every_step: each step is dispatched with the one GPU the case holds throughout
-        assert (run.gpu, case.reserved_gpu) == (gpu, gpu)
+        assert (run.gpu, held_gpu(case)) == (gpu, gpu)
         succeed(run)
 
     case.refresh_from_db()
@@ -83,7 +85,7 @@ def test_case_goes_through_every_step_in_order_and_completes(stub_broker):
     assert case.progress == 100
     assert case.finished_at is not None
     gpu.refresh_from_db()
-    assert gpu.status == GPUResource.Status.AVAILABLE and gpu.reserved_by is None
+    assert gpu.status == GPUResource.Status.AVAILABLE and gpu.step_run is None
 
 
 def test_execute_commands_go_to_the_executor_with_the_rendered_command(stub_broker):
@@ -110,24 +112,8 @@ def test_waiting_case_starts_when_another_case_completes(stub_broker):
 
     second.refresh_from_db()
     assert second.status == Case.Status.PROCESSING
-    assert second.reserved_gpu is not None
+    assert held_gpu(second) is not None
     assert active_run(second).name == "upload_case_files"
-
-
-def test_a_released_gpu_goes_to_the_waiting_case_in_the_same_transaction(stub_broker, monkeypatch):
-    """No second look after the commit is needed: the command leaves with the release."""
-    make_gpus(1)
-    first = register("first")
-    second = register("second")
-    later_looks = []
-    monkeypatch.setattr(state, "_advance_waiting_after_release", lambda: later_looks.append(1))
-
-    run_to_completion(first)
-
-    second.refresh_from_db()
-    assert second.status == Case.Status.PROCESSING
-    assert active_run(second).name == "upload_case_files"
-    assert later_looks == []
 
 
 def test_a_released_gpu_is_not_handed_to_a_case_bound_to_another_host(stub_broker):
@@ -161,7 +147,7 @@ def test_waiting_cases_start_by_priority_then_age(stub_broker):
     running = register("running")
     old = register("old")
     urgent = register("urgent")
-    state.case_set_priority(case_pk=urgent.pk, priority=5)
+    operations.case_set_priority(case_pk=urgent.pk, priority=5)
 
     run_to_completion(running)
 
@@ -186,7 +172,7 @@ def test_gpu_is_released_when_case_fails(stub_broker):
     assert case.status == Case.Status.FAILED
     assert case.error_kind == ErrorKind.PERMANENT
     assert case.error_message == "run_interpreter failed: interpreter exited with 3"
-    assert gpu.status == GPUResource.Status.AVAILABLE and gpu.reserved_by is None
+    assert gpu.status == GPUResource.Status.AVAILABLE and gpu.step_run is None
     failed = case.steps.get(name="run_interpreter")
     assert (failed.status, failed.exit_code) == (WorkflowStep.Status.FAILED, 3)
 
@@ -229,7 +215,7 @@ def test_transient_failure_is_retried_with_backoff_until_the_budget_runs_out(stu
         (3, "FAILED"),
     ]
     gpu.refresh_from_db()
-    assert gpu.reserved_by is None
+    assert gpu.step_run is None
 
 
 def test_duplicate_outcome_is_recorded_and_changes_nothing(stub_broker):
@@ -277,7 +263,7 @@ def test_outcome_of_the_wrong_kind_is_ignored(stub_broker):
     case = register("case-1")
     upload = active_run(case)
 
-    changed = state.step_run_succeeded(
+    changed = transitions.step_run_succeeded(
         step_run_id=upload.pk, command=Command.EXECUTION_SUCCEEDED, outcome={}
     )
 
@@ -290,7 +276,7 @@ def test_duplicate_new_case_found_creates_nothing(stub_broker):
     register("case-1")
     drain(stub_broker, QUEUES["file_transfer"])
 
-    again = state.case_register(case_id="case-1", source_path="/incoming/case-1")
+    again = transitions.case_register(case_id="case-1", source_path="/incoming/case-1")
 
     assert again is None
     assert Case.objects.count() == 1
@@ -302,7 +288,7 @@ def test_second_folder_with_the_same_case_id_is_noted_not_started(stub_broker):
     make_gpus(2)
     case = register("case-1")
 
-    state.case_register(case_id="case-1", source_path="/elsewhere/case-1")
+    transitions.case_register(case_id="case-1", source_path="/elsewhere/case-1")
 
     assert CaseEvent.objects.filter(case=case, kind="duplicate_case_id").exists()
     assert WorkflowStep.objects.count() == 1
@@ -316,7 +302,7 @@ def test_invalid_folder_becomes_a_failed_case_with_the_reason(stub_broker):
     assert case.status == Case.Status.FAILED
     assert case.error_kind == ErrorKind.INVALID_INPUT
     assert "no RTPLAN file" in case.error_message and "*.ptn" in case.error_message
-    assert GPUResource.objects.get().reserved_by is None
+    assert GPUResource.objects.get().step_run is None
 
 
 def test_cancel_releases_the_gpu_and_asks_the_executor_to_kill(stub_broker):
@@ -326,14 +312,14 @@ def test_cancel_releases_the_gpu_and_asks_the_executor_to_kill(stub_broker):
     interpreter = active_run(case)
     drain(stub_broker, QUEUES["remote_executor"])
 
-    state.case_cancel(case_pk=case.pk, actor="physicist")
+    transitions.case_cancel(case_pk=case.pk, actor="physicist")
 
     case.refresh_from_db()
     gpu.refresh_from_db()
     interpreter.refresh_from_db()
     assert case.status == Case.Status.CANCELLED
     assert interpreter.status == WorkflowStep.Status.CANCELLED
-    assert gpu.reserved_by is None
+    assert gpu.step_run is None
     (message,) = drain(stub_broker, QUEUES["remote_executor"])
     assert list(message.args) == [
         Command.CANCEL_COMMAND,
@@ -347,8 +333,8 @@ def test_cancel_refuses_a_finished_case(stub_broker):
     make_gpus(1)
     case = run_to_completion(register("case-1"))
 
-    with pytest.raises(state.CaseStateError, match="already COMPLETED"):
-        state.case_cancel(case_pk=case.pk)
+    with pytest.raises(transitions.CaseStateError, match="already COMPLETED"):
+        transitions.case_cancel(case_pk=case.pk)
 
 
 def test_retry_starts_again_from_the_failed_step(stub_broker):
@@ -452,7 +438,7 @@ def test_retry_refuses_a_running_case(stub_broker):
     make_gpus(1)
     case = register("case-1")
 
-    with pytest.raises(state.CaseStateError, match="only FAILED or CANCELLED"):
+    with pytest.raises(transitions.CaseStateError, match="only FAILED or CANCELLED"):
         retry(case)
 
 
@@ -487,10 +473,10 @@ def test_execute_steps_policy_holds_the_gpu_only_while_executing(stub_broker, us
 
     # Uploads need no GPU: both start at once.
     assert case.status == other.status == Case.Status.PROCESSING
-    assert GPUResource.objects.get().reserved_by is None
+    assert GPUResource.objects.get().step_run is None
     succeed(active_run(case))
     case.refresh_from_db()
-    assert case.reserved_gpu == gpu
+    assert held_gpu(case) == gpu
     succeed(active_run(other))
     other.refresh_from_db()
     assert other.status == Case.Status.PENDING_RESOURCE
@@ -503,7 +489,7 @@ def test_execute_steps_policy_holds_the_gpu_only_while_executing(stub_broker, us
     other.refresh_from_db()
     assert active_run(case).name == "download_results"
     assert other.status == Case.Status.PROCESSING
-    assert other.reserved_gpu == gpu
+    assert held_gpu(other) == gpu
 
 
 def test_unknown_workflow_fails_the_case_with_the_reason(stub_broker):
@@ -512,7 +498,7 @@ def test_unknown_workflow_fails_the_case_with_the_reason(stub_broker):
     case = register("case-1", workflow_name="no_such_flow")
 
     assert case.status == Case.Status.FAILED
-    assert "workflow 'no_such_flow' is not in" in case.error_message
+    assert "workflow 'no_such_flow' is not configured" in case.error_message
 
 
 def test_gpus_in_maintenance_or_busy_with_foreign_processes_are_not_handed_out(stub_broker):
@@ -541,17 +527,17 @@ def test_draining_gpu_goes_to_maintenance_after_its_case(stub_broker):
 def test_maintenance_on_a_free_gpu_takes_it_out_of_service(stub_broker):
     (gpu,) = make_gpus(1)
 
-    state.gpu_start_maintenance(gpu_pk=gpu.pk)
+    maintenance.gpu_start_maintenance(gpu_pk=gpu.pk)
 
     assert register("case-1").status == Case.Status.PENDING_RESOURCE
 
 
 def test_ending_maintenance_hands_the_gpu_to_a_waiting_case(stub_broker):
     (gpu,) = make_gpus(1)
-    state.gpu_start_maintenance(gpu_pk=gpu.pk)
+    maintenance.gpu_start_maintenance(gpu_pk=gpu.pk)
     waiting = register("case-1")
 
-    state.gpu_end_maintenance(gpu_pk=gpu.pk)
+    maintenance.gpu_end_maintenance(gpu_pk=gpu.pk)
 
     waiting.refresh_from_db()
     assert waiting.status == Case.Status.PROCESSING
@@ -561,7 +547,7 @@ def test_maintenance_on_a_reserved_gpu_drains_it(stub_broker):
     (gpu,) = make_gpus(1)
     case = register("case-1")
 
-    state.gpu_start_maintenance(gpu_pk=gpu.pk)
+    maintenance.gpu_start_maintenance(gpu_pk=gpu.pk)
 
     gpu.refresh_from_db()
     assert (gpu.status, gpu.drain_requested) == (GPUResource.Status.RESERVED, True)

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from cases.models import Case
-from conductor import workflow
 from conductor.actors import conductor
+from conductor.render import fill_template
 from mqi_site.config import get_config
 from mqi_site.messaging import QUEUES, Command, ErrorKind
 from tests.badinput.conftest import injected_files
@@ -71,7 +71,7 @@ def test_the_conductor_renders_a_hostile_name_as_one_argument_inside_the_roots(
 
 @pytest.mark.parametrize("case_id", HOSTILE, ids=repr)
 def test_a_rendered_command_gives_the_shell_exactly_the_name(case_id, tmp_path):
-    rendered = workflow.render_command(
+    rendered = fill_template(
         "printf '%s\\0' {case_id} {case_dir} {step}",
         {"case_id": case_id, "case_dir": get_config().run_paths(case_id, 1).case_dir, "step": "s"},
     )

@@ -8,7 +8,7 @@ import pytest
 
 from cases.models import WorkflowStep
 from cases.services import step_run_claim, step_run_heartbeat, step_run_mark_running
-from conductor import state
+from conductor import transitions
 from tests.conductor.helpers import active_run, make_gpus, register
 from workers.transports.base import SSHTarget
 from workers.transports.ssh import _connect_error
@@ -31,7 +31,7 @@ def test_a_redriven_transfer_can_be_taken_again_by_the_next_worker(stub_broker, 
     run = active_run(register("case-1"))
     assert step_run_claim(step_run_id=run.pk, deadline_sec=60)  # then that worker dies
 
-    assert state.step_run_redrive(step_run_id=run.pk, force=True) == "redriven"
+    assert transitions.step_run_redrive(step_run_id=run.pk, force=True) == "redriven"
 
     assert step_run_claim(step_run_id=run.pk, deadline_sec=60)
 

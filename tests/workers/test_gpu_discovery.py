@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from conductor.state import case_register
+from conductor.transitions import case_register
 from gpus.models import GPUResource
 from mqi_site.config import get_config
+from tests.conductor.helpers import held_gpu, holder
 from workers.gpu_discovery.sync import sync_gpus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,7 +86,7 @@ def test_a_vanished_reserved_gpu_is_never_taken_from_its_case(stub_broker, fake_
 
     held = GPUResource.objects.get(index=0)
     assert held.status == GPUResource.Status.RESERVED
-    assert held.reserved_by_id == case.pk
+    assert holder(held) == case
 
 
 def test_a_gpu_busy_with_a_foreign_process_is_not_handed_out(stub_broker, fake_gpus):
@@ -97,7 +98,7 @@ def test_a_gpu_busy_with_a_foreign_process_is_not_handed_out(stub_broker, fake_g
     assert report.foreign_busy == [0]
     assert GPUResource.objects.get(index=0).foreign_processes == 1
     case.refresh_from_db()
-    assert case.reserved_gpu.index == 1
+    assert held_gpu(case).index == 1
 
     fake_gpus([gpu(0), gpu(1)])  # the foreign process ended
     sync_gpus(get_config())

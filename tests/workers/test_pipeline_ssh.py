@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from cases.models import Case, WorkflowStep
-from conductor.operations import case_retry
-from conductor.state import case_cancel
+from conductor.operations import case_cancel, case_retry
 from gpus.models import GPUResource
 from mqi_site.config import get_config
 from mqi_site.messaging import ErrorKind
@@ -63,7 +62,7 @@ def test_a_case_goes_through_every_step_over_ssh(gpu_server, discovered_gpus, wo
     assert sha256(local) == sha256(remote)
     assert gpu_server.starts("QA-0001", "interpreter") == 1
     assert gpu_server.starts("QA-0001", "moquisim") == 1
-    assert not GPUResource.objects.filter(reserved_by__isnull=False).exists()
+    assert not GPUResource.objects.filter(step_run__isnull=False).exists()
 
 
 def test_a_rerun_over_ssh_sees_only_the_fixed_folder(gpu_server, discovered_gpus, workers):
@@ -161,7 +160,7 @@ def test_timeout_kills_the_whole_process_group(gpu_server, discovered_gpus, work
     assert "timeout of 1 s" in case.error_message
     pgid = int((run_dir(gpu_server, "QA-0005", "run_interpreter") / "pgid").read_text())
     assert group_members(pgid) == []
-    assert not GPUResource.objects.filter(reserved_by__isnull=False).exists()
+    assert not GPUResource.objects.filter(step_run__isnull=False).exists()
 
 
 def test_cancel_kills_the_remote_process_group(gpu_server, discovered_gpus, workers):

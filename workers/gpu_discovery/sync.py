@@ -113,7 +113,7 @@ def sync_host(name: str, spec: HostSpec) -> HostSync:
     )
     for gpu in vanished.filter(status=GPUResource.Status.RESERVED):
         log.warning(
-            "GPU %s vanished from nvidia-smi while case %s holds it", gpu, gpu.reserved_by_id
+            "GPU %s vanished from nvidia-smi while step run %s holds it", gpu, gpu.step_run_id
         )
     return report
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from cases.models import Case
-from conductor.state import CaseStateError, case_cancel
+from conductor.operations import case_cancel
+from conductor.transitions import CaseStateError
 
 
 class Command(BaseCommand):

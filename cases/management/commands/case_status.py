@@ -24,10 +24,10 @@ class Command(BaseCommand):
             self._summary(limit)
 
     def _one(self, case_id: str) -> None:
-        case = Case.objects.filter(case_id=case_id).select_related("reserved_gpu").first()
+        case = Case.objects.filter(case_id=case_id).with_gpus().first()
         if case is None:
             raise CommandError(f"no case {case_id!r}")
-        gpu = getattr(case, "reserved_gpu", None)
+        gpu = ", ".join(str(gpu) for gpu in case.gpus)
         out = self.stdout.write
         out(f"case      {case.case_id}")
         out(f"status    {case.status}  {case.progress}%  step {case.workflow_step or '-'}")
@@ -59,13 +59,13 @@ class Command(BaseCommand):
         out("  ".join(f"{status}: {counts.get(status, 0)}" for status in Case.Status.values))
         active = (
             Case.objects.filter(status__in=Case.ACTIVE)
-            .select_related("reserved_gpu")
+            .with_gpus()
             .order_by("-priority", "created_at")[:limit]
         )
         if active:
             out("\nactive:")
             for case in active:
-                gpu = getattr(case, "reserved_gpu", None)
+                gpu = ", ".join(str(gpu) for gpu in case.gpus)
                 out(
                     f"  {case.case_id:<40} {case.status:<16} {case.progress:>3}% "
                     f"{case.workflow_step:<20} {gpu or '-'}"

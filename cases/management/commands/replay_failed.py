@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from cases.management.commands._selection import parse_when
 from cases.models import Case
 from conductor.operations import case_retry
-from conductor.state import CaseStateError
+from conductor.transitions import CaseStateError
 
 
 class Command(BaseCommand):

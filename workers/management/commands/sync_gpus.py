@@ -21,8 +21,8 @@ class Command(BaseCommand):
                 line += f", busy with foreign processes: {report.foreign_busy}"
             self.stdout.write(line + (f" — ERROR: {report.error}" if report.error else ""))
         self.stdout.write(f"\n{'GPU':<16} {'status':<12} {'case':<30} {'util':>5} {'temp':>5}")
-        for gpu in GPUResource.objects.select_related("reserved_by"):
-            case = gpu.reserved_by.case_id if gpu.reserved_by else "-"
+        for gpu in GPUResource.objects.select_related("step_run__case"):
+            case = gpu.step_run.case.case_id if gpu.step_run else "-"
             util = "-" if gpu.utilization_pct is None else f"{gpu.utilization_pct}%"
             temp = "-" if gpu.temperature_c is None else f"{gpu.temperature_c}C"
             self.stdout.write(f"{gpu!s:<16} {gpu.status:<12} {case:<30} {util:>5} {temp:>5}")
