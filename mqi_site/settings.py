@@ -136,8 +136,7 @@ if env_bool("MQI_PROMETHEUS"):
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     DRAMATIQ_BROKER = {
-        # Dramatiq's Redis broker, whose idle consumers wake when a message arrives
-        "BROKER": "mqi_site.broker.DoorbellRedisBroker",
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
         "OPTIONS": {"url": REDIS_URL},
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }
