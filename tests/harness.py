@@ -81,6 +81,13 @@ def with_redis_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
+def production_worker_timeout_ms() -> str:
+    """``dramatiq_worker_timeout`` as ``docker-compose.yml`` sets it, so the processes here
+    keep the production's pace."""
+    compose = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())
+    return compose["x-mqi"]["environment"]["dramatiq_worker_timeout"]
+
+
 def standin(name: str, *args: str) -> str:
     return " ".join(shlex.quote(part) for part in (PYTHON, str(STANDINS / name), *args))
 
@@ -341,7 +348,7 @@ class ProductionSystem:
             MQI_CONFIG=str(self.config_path),
             MQI_DATA_DIR=str(self.root / "data"),
             DJANGO_SETTINGS_MODULE=self._settings_module,
-            dramatiq_worker_timeout="20",
+            dramatiq_worker_timeout=production_worker_timeout_ms(),
             PYTHONUNBUFFERED="1",
             **self._extra_env,
         )
