@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -213,6 +214,38 @@ class CaseRow:
     workflow_step: str
     error_kind: str
     error_message: str
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One record of a process's log: its first line and whatever follows it (a traceback)."""
+
+    process: str
+    at: datetime  # the process's local time, as it wrote it
+    level: str
+    text: str
+
+
+# Both formats a worker process writes: the project's (LOGGING) and Dramatiq's command line's.
+_RECORD_START = re.compile(
+    r"^\[?(?P<at>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3})\]? "
+    r"(?:\[PID \d+\] \[[^]]*\] \[[^]]*\] \[(?P<bracketed>[A-Z]+)\]|(?P<plain>[A-Z]+) )"
+)
+
+
+def log_records(process: str, text: str) -> Iterator[LogRecord]:
+    """The records of one process's log; lines before the first record are skipped."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if _RECORD_START.match(line):
+            records.append([line])
+        elif records:
+            records[-1].append(line)
+    for lines in records:
+        head = _RECORD_START.match(lines[0])
+        assert head is not None
+        at = datetime.strptime(head["at"], "%Y-%m-%d %H:%M:%S,%f")
+        yield LogRecord(process, at, head["bracketed"] or head["plain"], "\n".join(lines))
 
 
 @dataclass
@@ -445,6 +478,15 @@ class ProductionSystem:
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"----- {log.name} (last {lines} lines) -----\n" + "\n".join(tail))
         return "\n".join(parts)
+
+    def errors(self) -> list[LogRecord]:
+        """Every ERROR and CRITICAL record the processes logged, with its traceback."""
+        return [
+            record
+            for log in sorted(self.logs_dir.glob("*.log"))
+            for record in log_records(log.stem, log.read_text(errors="replace"))
+            if record.level in ("ERROR", "CRITICAL")
+        ]
 
     # -- cases ---------------------------------------------------------------------------------
 
