@@ -226,7 +226,12 @@ def idle_pause(timeout_ms: int) -> None:
 
 
 def measure(
-    timeout_ms: int, pinger: Pinger, redis_url: str, redis_pid: int | None, args, root: Path
+    timeout_ms: int,
+    pinger: Pinger,
+    redis_url: str,
+    redis_pid: int | None,
+    args: argparse.Namespace,
+    root: Path,
 ) -> Figures:
     processes = {role: start_role(role, timeout_ms, redis_url, root) for role in ROLES}
     try:
