@@ -2,7 +2,9 @@
 
 These are not decisions: they never move a case to another status.  Each is a single
 conditional UPDATE that only touches a step run still in flight, so a late worker cannot
-write over a cancelled or superseded run.
+write over a cancelled or superseded run.  Marking a run running and its heartbeats come
+after slow I/O (a command started over SSH, files moved, a poll), so they have the database
+connection checked again first (:func:`mqi_site.database.recheck_connection`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from cases.models import ACTIVE_STEP_STATUSES, Case, WorkflowStep
+from mqi_site.database import recheck_connection
 
 
 def _active(step_run_id: int):
@@ -29,6 +32,7 @@ def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> datetime 
     Returns the heartbeat time written, which a poll chain carries as its token (see
     :func:`step_run_heartbeat`).
     """
+    recheck_connection()
     now = timezone.now()
     updated = _active(step_run_id).update(
         status=WorkflowStep.Status.RUNNING,
@@ -75,6 +79,7 @@ def step_run_heartbeat(
     so a duplicated poll message, or a chain that a re-drive replaced, finds the token
     changed and ends instead of multiplying.
     """
+    recheck_connection()
     now = timezone.now()
     run = _active(step_run_id).values("case_id", "name").first()
     if run is None:

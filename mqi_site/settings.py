@@ -72,7 +72,13 @@ TEMPLATES = [
 
 _database_url = env_str("DATABASE_URL")
 if _database_url:
-    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+    # A worker thread keeps its connection between messages (DbConnectionsMiddleware closes
+    # it only once older than CONN_MAX_AGE or after an error).  After a database restart that
+    # connection is dead: the health check (one "SELECT 1" at a message's first query) finds
+    # out and reconnects, instead of the message failing on it.
+    DATABASES = {
+        "default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)
+    }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -136,8 +142,7 @@ if env_bool("MQI_PROMETHEUS"):
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     DRAMATIQ_BROKER = {
-        # Dramatiq's Redis broker, whose idle consumers wake when a message arrives
-        "BROKER": "mqi_site.broker.DoorbellRedisBroker",
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
         "OPTIONS": {"url": REDIS_URL},
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }

@@ -10,8 +10,7 @@ import dramatiq
 import redis
 from django.conf import settings
 from django_dramatiq.utils import load_middleware
-
-from mqi_site.broker import DoorbellRedisBroker
+from dramatiq.brokers.redis import RedisBroker
 
 
 def test_redis_url() -> str:
@@ -25,11 +24,11 @@ test_redis_url.__test__ = False  # not a test, despite the name
 
 
 @contextmanager
-def redis_broker_swapped_in() -> Iterator[DoorbellRedisBroker]:
+def redis_broker_swapped_in() -> Iterator[RedisBroker]:
     url = test_redis_url()
     redis.Redis.from_url(url).flushdb()
     middleware = [load_middleware(path) for path in settings.DRAMATIQ_MIDDLEWARE]
-    broker = DoorbellRedisBroker(url=url, middleware=middleware)
+    broker = RedisBroker(url=url, middleware=middleware)
     previous = dramatiq.get_broker()
     actors = [previous.get_actor(name) for name in previous.get_declared_actors()]
     for actor in actors:

@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -80,6 +81,13 @@ def database_url_for(db: dict[str, Any]) -> str:
 def with_redis_db(url: str, db: int) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def production_worker_timeout_ms() -> str:
+    """``dramatiq_worker_timeout`` as ``docker-compose.yml`` sets it, so the processes here
+    keep the production's pace."""
+    compose = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())
+    return compose["x-mqi"]["environment"]["dramatiq_worker_timeout"]
 
 
 def standin(name: str, *args: str) -> str:
@@ -207,6 +215,38 @@ class CaseRow:
     workflow_step: str
     error_kind: str
     error_message: str
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One record of a process's log: its first line and whatever follows it (a traceback)."""
+
+    process: str
+    at: datetime  # the process's local time, as it wrote it
+    level: str
+    text: str
+
+
+# Both formats a worker process writes: the project's (LOGGING) and Dramatiq's command line's.
+_RECORD_START = re.compile(
+    r"^\[?(?P<at>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3})\]? "
+    r"(?:\[PID \d+\] \[[^]]*\] \[[^]]*\] \[(?P<bracketed>[A-Z]+)\]|(?P<plain>[A-Z]+) )"
+)
+
+
+def log_records(process: str, text: str) -> Iterator[LogRecord]:
+    """The records of one process's log; lines before the first record are skipped."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if _RECORD_START.match(line):
+            records.append([line])
+        elif records:
+            records[-1].append(line)
+    for lines in records:
+        head = _RECORD_START.match(lines[0])
+        assert head is not None
+        at = datetime.strptime(head["at"], "%Y-%m-%d %H:%M:%S,%f")
+        yield LogRecord(process, at, head["bracketed"] or head["plain"], "\n".join(lines))
 
 
 @dataclass
@@ -342,7 +382,7 @@ class ProductionSystem:
             MQI_CONFIG=str(self.config_path),
             MQI_DATA_DIR=str(self.root / "data"),
             DJANGO_SETTINGS_MODULE=self._settings_module,
-            dramatiq_worker_timeout="20",
+            dramatiq_worker_timeout=production_worker_timeout_ms(),
             PYTHONUNBUFFERED="1",
             **self._extra_env,
         )
@@ -439,6 +479,15 @@ class ProductionSystem:
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"----- {log.name} (last {lines} lines) -----\n" + "\n".join(tail))
         return "\n".join(parts)
+
+    def errors(self) -> list[LogRecord]:
+        """Every ERROR and CRITICAL record the processes logged, with its traceback."""
+        return [
+            record
+            for log in sorted(self.logs_dir.glob("*.log"))
+            for record in log_records(log.stem, log.read_text(errors="replace"))
+            if record.level in ("ERROR", "CRITICAL")
+        ]
 
     # -- cases ---------------------------------------------------------------------------------
 

@@ -201,7 +201,7 @@ def execute(payload: dict[str, Any]) -> None:
         return
     # A new poll chain; one left from an earlier delivery finds its token changed and ends.
     # Its first look is made here: a short command's end is then seen without a trip
-    # through the broker's delay queue, which costs tens of milliseconds per step.
+    # through the broker's delay queue, which is paced by dramatiq_worker_timeout.
     time.sleep(FIRST_POLL_MS / 1000)
     offset = int(payload.get("offset", 0))
     follow(_poll_payload(run, offset=offset, polls=0, unreachable=0, beat=beat))

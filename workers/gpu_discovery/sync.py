@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from gpus.models import GPUResource
 from mqi_site.config import Config, HostSpec
+from mqi_site.database import recheck_connection
 from mqi_site.messaging import CONDUCTOR, Command, send
 from workers.gpu_discovery.nvidia_smi import (
     COMPUTE_APPS_QUERY,
@@ -80,6 +81,7 @@ def sync_host(name: str, spec: HostSpec) -> HostSync:
         report.error = str(exc)
         log.warning("GPU discovery on %s failed: %s (GPUs left as they were)", name, exc)
         return report
+    recheck_connection()  # after nvidia-smi over SSH here and on the hosts before
     now = timezone.now()
     busy_by_uuid: dict[str, int] = {}
     for app in apps:
