@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mqi_site.messaging import STEP_ROUTES
+from mqi_site.template_quoting import placeholder_quoting_problems
 
 # Values a remote command template may use; each is shell-quoted when rendered.
 TEMPLATE_PLACEHOLDERS = frozenset(
@@ -296,6 +297,10 @@ def _cross_section_problems(config: Config) -> list[str]:
                 f"remote_commands.{name}: unknown placeholder {{{placeholder}}} "
                 f"(allowed: {allowed})"
             )
+        problems += [
+            f"remote_commands.{name}: {problem}"
+            for problem in placeholder_quoting_problems(template)
+        ]
     if config.scanner.workflow not in config.workflows:
         problems.append(f"scanner.workflow: no workflow named {config.scanner.workflow!r}")
     if not config.hosts:
