@@ -36,6 +36,7 @@ from mqi_site.messaging import (
     ErrorKind,
     send_on_commit,
 )
+from mqi_site.untrusted_text import storable
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,9 @@ def step_run_failed(*, step_run_id: int, command: str, outcome: dict[str, Any]) 
     """Handle a failure message: retry a transient error within budget, else fail the case."""
     config = get_config()
     error_kind = outcome.get("error_kind") or ErrorKind.PERMANENT
-    reason = outcome.get("error_message") or "the worker reported a failure without a reason"
+    reason = storable(
+        outcome.get("error_message") or "the worker reported a failure without a reason"
+    )
     with transaction.atomic():
         locked = _lock_current_run(step_run_id, command, outcome)
         if locked is None:
@@ -438,11 +441,12 @@ def _finish_run(run: WorkflowStep, status: str, outcome: dict[str, Any]) -> None
     run.status = status
     run.finished_at = timezone.now()
     run.exit_code = outcome.get("exit_code", run.exit_code)
-    run.stdout_tail = outcome.get("stdout_tail", run.stdout_tail) or ""
-    run.stderr_tail = outcome.get("stderr_tail", run.stderr_tail) or ""
+    # what a command printed may hold NUL bytes, which PostgreSQL's text type refuses
+    run.stdout_tail = storable(outcome.get("stdout_tail", run.stdout_tail) or "")
+    run.stderr_tail = storable(outcome.get("stderr_tail", run.stderr_tail) or "")
     if status == WorkflowStep.Status.FAILED:
         run.error_kind = outcome.get("error_kind") or ErrorKind.PERMANENT
-        run.error_message = outcome.get("error_message") or ""
+        run.error_message = storable(outcome.get("error_message") or "")
     rows.update(run, _FINISH_FIELDS)
 
 

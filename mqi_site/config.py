@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mqi_site.messaging import STEP_ROUTES
+from mqi_site.progress_pattern import progress_pattern_problems
 from mqi_site.template_quoting import placeholder_quoting_problems
 
 # Values a remote command template may use; each is shell-quoted when rendered.
@@ -80,7 +81,8 @@ class StepSpec(_Section):
     progress: int
     # Longest the step may run; execute steps are killed (process group) past it.
     timeout_sec: float = Field(6 * 3600, gt=0)
-    # Regex with named groups ``done`` and ``total`` matched against stdout lines.
+    # Regex with named groups ``done`` and ``total`` matched against stdout lines; one that
+    # could backtrack for long on a hostile line is refused (mqi_site/progress_pattern.py).
     progress_pattern: str | None = None
     # Attempts in total for transient failures (network, SSH, broker).
     max_attempts: int = Field(3, ge=1, le=20)
@@ -103,6 +105,9 @@ class StepSpec(_Section):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         if not {"done", "total"} <= set(compiled.groupindex):
             raise ValueError("needs named groups (?P<done>...) and (?P<total>...)")
+        problems = progress_pattern_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 
