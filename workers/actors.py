@@ -3,9 +3,9 @@
 Thin callers of :mod:`workers.transfer`, :mod:`workers.executor`, the scanner and GPU
 discovery.  At this boundary a database error propagates (Dramatiq retries with backoff:
 the database may be restarting), as does the executor's ``RetryFollowing`` (a command it
-could not confirm stopped keeps its step and GPU), and any other unexpected error is logged with its
-traceback and reported to the conductor as a failure of the step run, so it ends as a
-visible state with a reason instead of a traceback in a log only.
+could not confirm stopped keeps its step and GPU).  Any other unexpected error is logged
+with its traceback and reported to the conductor as a failure of the step run, so it ends
+as a visible state with a reason instead of a traceback in a log only.
 """
 
 from __future__ import annotations
