@@ -40,6 +40,7 @@ from mqi_site.messaging import (
     ErrorKind,
     send_on_commit,
 )
+from mqi_site.untrusted_text import storable
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def step_run_failed(*, step_run_id: int, command: str, outcome: dict[str, Any]) 
     """Handle a failure message: retry a transient error within budget, else fail the case."""
     config = get_config()
     kind = outcome.get("error_kind") or ErrorKind.PERMANENT
-    reason = outcome.get("error_message") or "the worker reported a failure without a reason"
+    reason = storable(
+        outcome.get("error_message") or "the worker reported a failure without a reason"
+    )
     with transaction.atomic():
         locked = _lock_current_run(step_run_id, command)
         if locked is None:
@@ -485,14 +488,16 @@ def _new_run(case: Case, reason: str) -> CaseRun:
 
 
 def _record_outcome(run: WorkflowStep, outcome: dict[str, Any]) -> None:
-    """What the worker reported about the run (its end is the plan's)."""
-    fields = {
-        key: outcome[key] for key in ("exit_code", "stdout_tail", "stderr_tail") if key in outcome
-    }
+    """What the worker reported about the run (its end is the plan's).  What a command
+    printed may hold NUL bytes, which PostgreSQL's text type refuses."""
+    fields: dict[str, Any] = {}
+    if "exit_code" in outcome:
+        fields["exit_code"] = outcome["exit_code"]
+    for key in ("stdout_tail", "stderr_tail"):
+        if key in outcome:
+            fields[key] = storable(outcome[key] or "")
     if fields:
-        WorkflowStep.objects.filter(pk=run.pk).update(
-            **{key: (value or "") if key != "exit_code" else value for key, value in fields.items()}
-        )
+        WorkflowStep.objects.filter(pk=run.pk).update(**fields)
 
 
 def _record_transfer(case: Case, step_run: WorkflowStep, outcome: dict[str, Any]) -> None:

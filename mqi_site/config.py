@@ -23,12 +23,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mqi_site.messaging import STEP_ROUTES
+from mqi_site.progress_pattern import progress_pattern_problems
+from mqi_site.template_quoting import placeholder_quoting_problems
 
 # Values a remote command template may use; each is shell-quoted when rendered.
 TEMPLATE_PLACEHOLDERS = frozenset(
     {"case_id", "gpu_id", "gpu_uuid", "case_dir", "output_dir", "host", "step"}
 )
 STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Far beyond any real configuration, and small enough that refusing a hostile file is quick.
+MAX_CONFIG_CHARS = 1_000_000
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_DEPTH = 20
 
 
 class ConfigError(Exception):
@@ -42,7 +48,8 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: YAML's .inf and .nan are floats; no duration or interval here means them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _absolute_posix(value: str) -> str:
@@ -80,7 +87,8 @@ class StepSpec(_Section):
     progress: int
     # Longest the step may run; execute steps are killed (process group) past it.
     timeout_sec: float = Field(6 * 3600, gt=0)
-    # Regex with named groups ``done`` and ``total`` matched against stdout lines.
+    # Regex with named groups ``done`` and ``total`` matched against stdout lines; one that
+    # could backtrack for long on a hostile line is refused (mqi_site/progress_pattern.py).
     progress_pattern: str | None = None
     # Attempts in total for transient failures (network, SSH, broker).
     max_attempts: int = Field(3, ge=1, le=20)
@@ -103,6 +111,9 @@ class StepSpec(_Section):
             raise ValueError(f"not a valid regular expression: {exc}") from None
         if not {"done", "total"} <= set(compiled.groupindex):
             raise ValueError("needs named groups (?P<done>...) and (?P<total>...)")
+        problems = progress_pattern_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 
@@ -154,8 +165,9 @@ class GPUSection(_Section):
 
 
 class RetrySection(_Section):
-    backoff_base_sec: float = Field(2, gt=0)
-    backoff_max_sec: float = Field(300, gt=0)
+    # At most a day: a back-off is a delay on the broker, and a case waits it out.
+    backoff_base_sec: float = Field(2, gt=0, le=86400)
+    backoff_max_sec: float = Field(300, gt=0, le=86400)
 
 
 class NotificationSection(_Section):
@@ -310,6 +322,10 @@ def _cross_section_problems(config: Config) -> list[str]:
                 f"remote_commands.{name}: unknown placeholder {{{placeholder}}} "
                 f"(allowed: {allowed})"
             )
+        problems += [
+            f"remote_commands.{name}: {problem}"
+            for problem in placeholder_quoting_problems(template)
+        ]
     if config.scanner.workflow not in config.workflows:
         problems.append(f"scanner.workflow: no workflow named {config.scanner.workflow!r}")
     if not config.hosts:
@@ -348,12 +364,20 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None = None) -> Config:
     """Validate configuration text; raise :class:`ConfigError` listing every problem."""
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(source, [f"(file): longer than {MAX_CONFIG_CHARS} characters"])
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"(file): not valid YAML: {exc}"]) from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: [[[[...]]]] a few hundred deep
+        raise ConfigError(source, ["(file): nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): must be a mapping of sections"])
+    problem = _size_problem(raw)
+    if problem:
+        raise ConfigError(source, [problem])
     _resolve_paths(raw, base_dir or Path.cwd())
     try:
         config = Config.model_validate({**raw, "source": source})
@@ -365,11 +389,39 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: Path | None =
     return config
 
 
+def _size_problem(raw: dict[str, Any]) -> str | None:
+    """Why the loaded YAML is too big to validate, or None.
+
+    YAML aliases let a small file name one collection many times over (a "billion laughs"
+    file loads in no time, as shared objects); everything after loading walks it expanded.
+    Counting the expanded nodes, up to a limit, costs at most that limit.
+    """
+    budget = MAX_CONFIG_NODES
+    pending: list[tuple[Any, int]] = [(raw, 1)]
+    while pending:
+        value, depth = pending.pop()
+        budget -= 1
+        if budget < 0:
+            return f"(file): more than {MAX_CONFIG_NODES} values (expanded YAML aliases count)"
+        if depth > MAX_CONFIG_DEPTH:
+            return f"(file): nested more than {MAX_CONFIG_DEPTH} levels deep"
+        if isinstance(value, dict):
+            pending.extend((child, depth + 1) for child in value.values())
+        elif isinstance(value, list):
+            pending.extend((child, depth + 1) for child in value)
+    return None
+
+
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"(file): not UTF-8 text: byte {exc.start} cannot be decoded ({exc.reason})"
+        raise ConfigError(str(path), [problem]) from None
     return parse_config(text, source=str(path), base_dir=path.parent)
 
 

@@ -1,5 +1,6 @@
-"""Operational endpoints: ``/healthz`` (open, for load balancers and compose) and
-``/metrics`` (Prometheus; a bearer token from ``MQI_METRICS_TOKEN`` or a staff login)."""
+"""Operational endpoints: ``/healthz`` (open, for load balancers and compose: ok or failing;
+which part fails only to staff) and ``/metrics`` (Prometheus; a bearer token from
+``MQI_METRICS_TOKEN`` or a staff login)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hmac
 import logging
 
 import dramatiq
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -45,18 +46,29 @@ def healthz(request: HttpRequest) -> JsonResponse:
     problems = [p for p in (_database_ok(), _broker_ok()) if p]
     if problems:
         log.warning("health check failed: %s", "; ".join(problems))
-    return JsonResponse(
-        {"status": "fail" if problems else "ok", "problems": problems},
-        status=503 if problems else 200,
-    )
+    body: dict[str, object] = {"status": "fail" if problems else "ok"}
+    # Error texts name hosts, ports, database users: for staff only (and the log).
+    if _is_staff(request):
+        body["problems"] = problems
+    return JsonResponse(body, status=503 if problems else 200)
+
+
+def _is_staff(request: HttpRequest) -> bool:
+    try:
+        return request.user.is_authenticated and request.user.is_staff
+    except DatabaseError:
+        return False  # the session lives in the database that is failing
 
 
 def _may_scrape(request: HttpRequest) -> bool:
     token = env_str("MQI_METRICS_TOKEN")
     header = request.headers.get("Authorization", "")
-    if token and hmac.compare_digest(header, f"Bearer {token}"):
+    # compare_digest refuses str with non-ASCII characters (a TypeError, a 500): compare
+    # bytes; a header that is not the token in any encoding is simply not the token
+    expected = f"Bearer {token}".encode()
+    if token and hmac.compare_digest(header.encode("utf-8", "surrogatepass"), expected):
         return True
-    return request.user.is_authenticated and request.user.is_staff
+    return _is_staff(request)
 
 
 @never_cache

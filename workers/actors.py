@@ -2,9 +2,10 @@
 
 Thin callers of :mod:`workers.transfer`, :mod:`workers.executor`, the scanner and GPU
 discovery.  At this boundary a database error propagates (Dramatiq retries with backoff:
-the database may be restarting), and any other unexpected error is logged with its
-traceback and reported to the conductor as a failure of the step run, so it ends as a
-visible state with a reason instead of a traceback in a log only.
+the database may be restarting), as does the executor's ``RetryFollowing`` (a command it
+could not confirm stopped keeps its step and GPU).  Any other unexpected error is logged
+with its traceback and reported to the conductor as a failure of the step run, so it ends
+as a visible state with a reason instead of a traceback in a log only.
 """
 
 from __future__ import annotations
@@ -35,11 +36,16 @@ RETRIES = {"max_retries": 5, "min_backoff": 1_000, "max_backoff": 60_000}
 
 
 def _guarded(
-    worker: str, failure: str, command: str, payload: dict[str, Any], work: Callable
+    worker: str,
+    failure: str,
+    command: str,
+    payload: dict[str, Any],
+    work: Callable,
+    retried: tuple[type[Exception], ...] = (),
 ) -> None:
     try:
         work(command, payload)
-    except (DatabaseError, InterfaceError):
+    except (DatabaseError, InterfaceError, *retried):
         raise
     except Exception as exc:  # the worker boundary: report it, never lose the case
         log.exception("%s: unexpected error handling %s", worker, command)
@@ -69,7 +75,15 @@ def file_transfer(command: str, payload: dict[str, Any]) -> None:
 def remote_executor(command: str, payload: dict[str, Any]) -> None:
     from workers import executor
 
-    _guarded(REMOTE_EXECUTOR, Command.EXECUTION_FAILED, command, payload, executor.handle)
+    # RetryFollowing: a command may still be running; reporting a failure would free its GPU
+    _guarded(
+        REMOTE_EXECUTOR,
+        Command.EXECUTION_FAILED,
+        command,
+        payload,
+        executor.handle,
+        retried=(executor.RetryFollowing,),
+    )
 
 
 @dramatiq.actor(actor_name=SCANNER, queue_name=QUEUES[SCANNER], max_retries=0, time_limit=300_000)

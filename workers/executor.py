@@ -15,11 +15,16 @@ import logging
 import posixpath
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import DatabaseError, InterfaceError
 from django.utils import timezone
+from dramatiq.errors import BrokerError
+from redis.exceptions import RedisError
 
 from cases.models import WorkflowStep
 from cases.services import step_run_heartbeat, step_run_mark_running
@@ -46,6 +51,13 @@ MAX_POLL_MS = 3000
 # (transiently: the conductor's retry budget decides what happens next).
 MAX_UNREACHABLE_POLLS = 100
 TAIL_BYTES = 4000
+# Progress is read from the end of each new chunk of output: at most this many lines, each
+# cut to this many characters, so whatever the command prints, one poll's matching stays
+# short (the accepted patterns cost about the square of a line's length).
+PROGRESS_LINES = 32
+PROGRESS_LINE_CHARS = 1000
+# More digits than this is no batch count: the line is ignored.
+PROGRESS_MAX_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,50 @@ def _environment(run: StepRun) -> dict[str, str]:
     return {**host_environment(run.host), **env}
 
 
+class RetryFollowing(Exception):
+    """Following a command failed before its process group was confirmed gone.
+
+    The step run must not be reported finished (the conductor would hand its GPU to another
+    case while the command still runs on it): the message is tried again instead, by
+    Dramatiq's retries and, past them, by the reconciler's re-drive.
+    """
+
+
+# Failures of the services around the worker, not of the command: the message is retried.
+_SERVICE_ERRORS = (BrokerError, RedisError)
+
+
+@contextmanager
+def _stopped_before_failing(run: StepRun, transport: Transport) -> Iterator[None]:
+    """Let an unexpected error out (to be reported as the step's failure, which frees its
+    GPU) only once the step's process group is confirmed gone; else keep the step."""
+    try:
+        yield
+    except (DatabaseError, InterfaceError, RetryFollowing):
+        raise  # the actor boundary lets these through to Dramatiq's retries
+    except _SERVICE_ERRORS as exc:
+        raise RetryFollowing(f"{run.step.name} of {run.case_id}: {exc}") from exc
+    except Exception as exc:
+        # an internal error, or output this code cannot read: the step fails, but first
+        # its command must be gone (the actor boundary logs the error and reports it)
+        if not _confirmed_stopped(run, transport):
+            raise RetryFollowing(
+                f"{run.step.name} of {run.case_id}: {type(exc).__name__}: {exc}, and its "
+                "process group could not be confirmed gone; will look again"
+            ) from exc
+        log.error("%s of %s: process group stopped after an error", run.step.name, run.case_id)
+        raise
+
+
+def _confirmed_stopped(run: StepRun, transport: Transport) -> bool:
+    try:
+        kill_group(transport, run.run_dir)
+        return poll(transport, run.run_dir, tail_bytes=0).state != RunState.RUNNING
+    except Exception:  # whatever went wrong, nothing is confirmed
+        log.warning("%s: could not stop %s", run.step.name, run.run_dir, exc_info=True)
+        return False
+
+
 def execute(payload: dict[str, Any]) -> None:
     """Start the step's command, or re-attach to it if it was started before."""
     config = get_config()
@@ -161,6 +217,11 @@ def execute(payload: dict[str, Any]) -> None:
     if run is None:
         return  # cancelled or superseded: nothing to start
     transport = transport_for(run.host)
+    with _stopped_before_failing(run, transport):
+        _execute(run, transport, payload, config)
+
+
+def _execute(run: StepRun, transport: Transport, payload: dict[str, Any], config: Config) -> None:
     try:
         if transport.stat(run.case_dir) is None:
             _fail(
@@ -204,29 +265,47 @@ def execute(payload: dict[str, Any]) -> None:
     # through the broker's delay queue, which is paced by dramatiq_worker_timeout.
     time.sleep(FIRST_POLL_MS / 1000)
     offset = int(payload.get("offset", 0))
-    follow(_poll_payload(run, offset=offset, polls=0, unreachable=0, beat=beat))
+    _follow(run, transport, _poll_payload(run, offset=offset, polls=0, unreachable=0, beat=beat))
 
 
 def _progress(run: StepRun, lines: list[str]) -> int | None:
+    """The case progress the latest readable progress line says; None if there is none.
+
+    A line that matches but cannot be read as a count (absurd numbers, a zero total) is
+    ignored like any other line: progress is a display, never a reason to stop following.
+    """
     if not run.step.progress_pattern:
         return None
     pattern = re.compile(run.step.progress_pattern)
-    for line in reversed(lines):
-        match = pattern.search(line)
-        if match and int(match["total"]) > 0:
-            fraction = min(1.0, int(match["done"]) / int(match["total"]))
+    for line in reversed(lines[-PROGRESS_LINES:]):
+        match = pattern.search(line[:PROGRESS_LINE_CHARS])
+        fraction = _fraction(match["done"], match["total"]) if match else None
+        if fraction is not None:
             low, high = run.span
             return int(low + (high - low) * fraction)
     return None
 
 
+def _fraction(done: str | None, total: str | None) -> float | None:
+    counts = (done or "", total or "")
+    if not all(c.isdecimal() and len(c) <= PROGRESS_MAX_DIGITS for c in counts):
+        return None
+    done_count, total_count = map(int, counts)
+    return min(1.0, done_count / total_count) if total_count > 0 else None
+
+
 def follow(payload: dict[str, Any]) -> None:
     """One look at a running command: progress, timeout, and its end."""
-    config = get_config()
-    run = load_step_run(payload["step_run_id"], config)
+    run = load_step_run(payload["step_run_id"], get_config())
     if run is None:
         return  # cancelled (the cancel message kills it) or already reported
     transport = transport_for(run.host)
+    with _stopped_before_failing(run, transport):
+        _follow(run, transport, payload)
+
+
+def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None:
+    config = get_config()
     offset = int(payload.get("offset", 0))
     polls = int(payload.get("polls", 0))
     unreachable = int(payload.get("unreachable", 0))

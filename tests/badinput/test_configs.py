@@ -158,6 +158,22 @@ CORPUS = [
         "(?P<total>...)",
     ),
     BadConfig(
+        "a progress regex that can backtrack catastrophically",
+        edited(step(2, progress_pattern=r"(a+)+$ (?P<done>\d+) (?P<total>\d+)")),
+        "workflows.default_qa[2].progress_pattern: a group may not be repeated (at (a+)+)",
+    ),
+    BadConfig(
+        "a progress count that is not digits",
+        edited(step(2, progress_pattern=r"(?P<done>.+) of (?P<total>\d+)")),
+        "workflows.default_qa[2].progress_pattern: the group 'done' must match digits only",
+    ),
+    BadConfig(
+        "a placeholder inside quotes",
+        edited(command("run_interpreter", 'interp --case "{case_id}"')),
+        "remote_commands.run_interpreter: placeholder {case_id} is inside double quotes; a "
+        "placeholder must be a whole, unquoted shell word",
+    ),
+    BadConfig(
         "a scanner workflow that does not exist",
         edited(lambda raw: raw["scanner"].update(workflow="default_q")),
         "scanner.workflow: no workflow named 'default_q'",

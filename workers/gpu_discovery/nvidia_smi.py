@@ -14,7 +14,10 @@ anything else:
 * no output (or ``No running processes found``) means no compute processes, and
   ``No devices were found`` means no GPUs,
 * any other line that does not fit raises :class:`ValueError` naming the line, because a
-  misread inventory would silently book GPUs that do not exist.
+  misread inventory would silently book GPUs that do not exist; so do numbers beyond what
+  the hardware reports (and the database stores) and names or uuids too long or holding
+  control characters.  :func:`parse_gpu_lines` keeps the lines that fit and names the
+  others, so one bad line does not hide the host's other GPUs.
 """
 
 from __future__ import annotations
@@ -54,6 +57,20 @@ COMPUTE_APPS_COMMAND = f"nvidia-smi {COMPUTE_APPS_QUERY}"
 _UNAVAILABLE_RE = re.compile(r"^(\[[A-Za-z][A-Za-z /_-]*\]|N/A)$")
 _NO_GPUS = "no devices were found"
 _NO_PROCESSES = "no running processes found"
+# The largest value each number may have: what the hardware can report, within what the
+# GPUResource columns hold (small integers for index and temperature, 32 bits for MiB).
+_MAXIMUM = {
+    "index": 32767,
+    "memory.used": 2**31 - 1,
+    "memory.total": 2**31 - 1,
+    "utilization.gpu": 100,
+    "temperature.gpu": 32767,
+    "pid": 2**31 - 1,
+    "used_memory": 2**31 - 1,
+}
+# The longest uuid and name the GPUResource columns hold.
+_LONGEST = {"uuid": 64, "gpu_uuid": 64, "name": 128}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -84,37 +101,54 @@ def parse_gpus(text: str) -> list[GPUInfo]:
     The name is everything between the uuid and the last four fields, so a name with
     spaces (or even a comma) is kept whole.
     """
+    gpus, problems = parse_gpu_lines(text)
+    if problems:
+        raise ValueError(problems[0])
+    return gpus
+
+
+def parse_gpu_lines(text: str) -> tuple[list[GPUInfo], list[str]]:
+    """The GPUs of the lines that fit, and one problem per line that does not.
+
+    A GPU index listed twice still raises ``ValueError``: which line tells the truth?
+    """
     gpus: list[GPUInfo] = []
+    problems: list[str] = []
     for number, line in _records(text):
         if line.lower() == _NO_GPUS:
             continue
-        # index and uuid from the left, the four numbers from the right: the name between
-        head = line.split(",", 2)
-        tail = head[-1].rsplit(",", 4) if len(head) == 3 else []
-        if len(tail) != 5:  # fewer than 7 fields in all
-            raise _bad_line(
-                number,
-                line,
-                f"expected {len(GPU_QUERY_FIELDS)} fields ({', '.join(GPU_QUERY_FIELDS)}), "
-                f"got {len(line.split(','))}",
-            )
-        index, uuid = (field.strip() for field in head[:2])
-        name, used, total, utilization, temperature = (field.strip() for field in tail)
-        gpus.append(
-            GPUInfo(
-                index=_required_int(index, "index", number, line),
-                uuid=_required_text(uuid, "uuid", number, line),
-                name=_required_text(name, "name", number, line),
-                memory_used_mib=_optional_int(used, "memory.used", number, line),
-                memory_total_mib=_optional_int(total, "memory.total", number, line),
-                utilization_pct=_optional_int(utilization, "utilization.gpu", number, line),
-                temperature_c=_optional_int(temperature, "temperature.gpu", number, line),
-            )
-        )
+        try:
+            gpus.append(_gpu(number, line))
+        except ValueError as exc:
+            problems.append(str(exc))
     indexes = [gpu.index for gpu in gpus]
     if len(set(indexes)) != len(indexes):
         raise ValueError(f"nvidia-smi output lists a GPU index twice: {sorted(indexes)}")
-    return gpus
+    return gpus, problems
+
+
+def _gpu(number: int, line: str) -> GPUInfo:
+    # index and uuid from the left, the four numbers from the right: the name between
+    head = line.split(",", 2)
+    tail = head[-1].rsplit(",", 4) if len(head) == 3 else []
+    if len(tail) != 5:  # fewer than 7 fields in all
+        raise _bad_line(
+            number,
+            line,
+            f"expected {len(GPU_QUERY_FIELDS)} fields ({', '.join(GPU_QUERY_FIELDS)}), "
+            f"got {len(line.split(','))}",
+        )
+    index, uuid = (field.strip() for field in head[:2])
+    name, used, total, utilization, temperature = (field.strip() for field in tail)
+    return GPUInfo(
+        index=_required_int(index, "index", number, line),
+        uuid=_required_text(uuid, "uuid", number, line),
+        name=_required_text(name, "name", number, line),
+        memory_used_mib=_optional_int(used, "memory.used", number, line),
+        memory_total_mib=_optional_int(total, "memory.total", number, line),
+        utilization_pct=_optional_int(utilization, "utilization.gpu", number, line),
+        temperature_c=_optional_int(temperature, "temperature.gpu", number, line),
+    )
 
 
 def parse_compute_apps(text: str) -> list[ComputeApp]:
@@ -152,18 +186,27 @@ def _records(text: str) -> list[tuple[int, str]]:
 
 
 def _bad_line(number: int, line: str, problem: str) -> ValueError:
-    return ValueError(f"unexpected nvidia-smi output on line {number} {line!r}: {problem}")
+    shown = line if len(line) <= 200 else f"{line[:200]}..."
+    return ValueError(f"unexpected nvidia-smi output on line {number} {shown!r}: {problem}")
 
 
 def _required_text(value: str, field: str, number: int, line: str) -> str:
     if not value or _UNAVAILABLE_RE.match(value):
         raise _bad_line(number, line, f"{field} is missing ({value or 'empty'})")
+    if len(value) > _LONGEST[field] or _CONTROL.search(value):
+        raise _bad_line(
+            number, line, f"{field} is longer than {_LONGEST[field]} or holds control characters"
+        )
     return value
 
 
 def _required_int(value: str, field: str, number: int, line: str) -> int:
     if not value.isdecimal() or not value.isascii():
-        raise _bad_line(number, line, f"{field} is not a non-negative integer: {value!r}")
+        shown = value if len(value) <= 20 else f"{value[:20]}..."
+        raise _bad_line(number, line, f"{field} is not a non-negative integer: {shown!r}")
+    # the length first: int() refuses more than 4300 digits, and no reading has 11
+    if len(value) > 10 or int(value) > _MAXIMUM[field]:
+        raise _bad_line(number, line, f"{field} is larger than {_MAXIMUM[field]}")
     return int(value)
 
 

@@ -4,6 +4,11 @@ Only the inventory and the readings change here.  Status changes are compare-and
 updates that never touch a reserved GPU: a GPU that vanishes goes OFFLINE only if it is
 free (a reserved one stays with its case), and one that comes back becomes AVAILABLE.
 When a GPU became usable the conductor is asked to reconcile, which starts waiting cases.
+
+A line of nvidia-smi output that cannot be read (a garbled or absurd value) costs only that
+line: the host's other GPUs are still brought in line, and since the unread line could be
+any GPU, none of the host's GPUs is taken for vanished in that round.  Unreadable process
+lines leave the counts of foreign processes as they were.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from workers.gpu_discovery.nvidia_smi import (
     ComputeApp,
     GPUInfo,
     parse_compute_apps,
-    parse_gpus,
+    parse_gpu_lines,
 )
 from workers.hosts import transport_for, with_host_environment
 from workers.transports import TransportError
@@ -43,7 +48,15 @@ class HostSync:
     error: str = ""
 
 
-def _discover(name: str, spec: HostSpec) -> tuple[list[GPUInfo], list[ComputeApp]]:
+@dataclass
+class _Discovered:
+    gpus: list[GPUInfo]
+    apps: list[ComputeApp] | None  # None: the process list could not be read
+    unread_gpus: list[str] = field(default_factory=list)  # a problem per unread GPU line
+    unread_apps: str = ""
+
+
+def _discover(name: str, spec: HostSpec) -> _Discovered:
     if spec.gpu_discovery == "static":
         gpus = [
             GPUInfo(
@@ -57,7 +70,7 @@ def _discover(name: str, spec: HostSpec) -> tuple[list[GPUInfo], list[ComputeApp
             )
             for gpu in spec.static_gpus
         ]
-        return gpus, []
+        return _Discovered(gpus, [])
     transport = transport_for(name)
     listed = transport.run(
         with_host_environment(name, f"{spec.nvidia_smi} {GPU_QUERY}"), timeout=30
@@ -70,21 +83,33 @@ def _discover(name: str, spec: HostSpec) -> tuple[list[GPUInfo], list[ComputeApp
     apps = transport.run(
         with_host_environment(name, f"{spec.nvidia_smi} {COMPUTE_APPS_QUERY}"), timeout=30
     )
-    return parse_gpus(listed.stdout), parse_compute_apps(apps.stdout) if apps.exit_code == 0 else []
+    gpus, unread = parse_gpu_lines(listed.stdout)
+    discovered = _Discovered(gpus, [], unread)
+    if apps.exit_code == 0:
+        try:
+            discovered.apps = parse_compute_apps(apps.stdout)
+        except ValueError as exc:
+            discovered.apps, discovered.unread_apps = None, str(exc)
+    return discovered
 
 
 def sync_host(name: str, spec: HostSpec) -> HostSync:
     report = HostSync(name)
     try:
-        found, apps = _discover(name, spec)
+        discovered = _discover(name, spec)
     except (TransportError, ValueError) as exc:
         report.error = str(exc)
         log.warning("GPU discovery on %s failed: %s (GPUs left as they were)", name, exc)
         return report
     recheck_connection()  # after nvidia-smi over SSH here and on the hosts before
+    problems = [*discovered.unread_gpus, *filter(None, [discovered.unread_apps])]
+    if problems:
+        report.error = "; ".join(problems)
+        log.warning("GPU discovery on %s: %s (left as they were)", name, report.error)
+    found, apps = discovered.gpus, discovered.apps
     now = timezone.now()
     busy_by_uuid: dict[str, int] = {}
-    for app in apps:
+    for app in apps or []:
         busy_by_uuid[app.gpu_uuid] = busy_by_uuid.get(app.gpu_uuid, 0) + 1
     for info in found:
         gpu, created = GPUResource.objects.get_or_create(host=name, index=info.index)
@@ -101,14 +126,17 @@ def sync_host(name: str, spec: HostSpec) -> HostSync:
             temperature_c=info.temperature_c,
             last_seen=now,
         )
-        GPUResource.objects.filter(pk=gpu.pk).exclude(status=GPUResource.Status.RESERVED).update(
-            foreign_processes=foreign
-        )
+        if apps is not None:
+            GPUResource.objects.filter(pk=gpu.pk).exclude(
+                status=GPUResource.Status.RESERVED
+            ).update(foreign_processes=foreign)
         if foreign and gpu.status != GPUResource.Status.RESERVED:
             report.foreign_busy.append(info.index)
         report.back += GPUResource.objects.filter(
             pk=gpu.pk, status=GPUResource.Status.OFFLINE
         ).update(status=GPUResource.Status.AVAILABLE)
+    if discovered.unread_gpus:
+        return report  # an unread line may be any GPU not listed: none has vanished
     vanished = GPUResource.objects.filter(host=name).exclude(index__in=[g.index for g in found])
     report.offline = vanished.filter(status=GPUResource.Status.AVAILABLE).update(
         status=GPUResource.Status.OFFLINE

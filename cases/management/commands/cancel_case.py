@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from cases.models import Case
 from conductor.operations import case_cancel
 from conductor.transitions import CaseStateError
+from mqi_site.untrusted_text import printable
 
 
 class Command(BaseCommand):
@@ -19,19 +20,20 @@ class Command(BaseCommand):
         refused = 0
         for case_id in case_ids:
             case = cases.get(case_id)
+            shown = printable(case_id)  # a folder name: its control characters escaped
             if case is None:
-                self.stderr.write(f"{case_id}: no such case")
+                self.stderr.write(f"{shown}: no such case")
                 refused += 1
                 continue
             if dry_run:
-                self.stdout.write(f"would cancel {case_id} ({case.status}, {case.workflow_step})")
+                self.stdout.write(f"would cancel {shown} ({case.status}, {case.workflow_step})")
                 continue
             try:
                 case_cancel(case_pk=case.pk, actor="cancel_case")
             except CaseStateError as exc:
-                self.stderr.write(f"{case_id}: {exc}")
+                self.stderr.write(f"{shown}: {printable(exc)}")
                 refused += 1
                 continue
-            self.stdout.write(self.style.SUCCESS(f"cancelled {case_id}"))
+            self.stdout.write(self.style.SUCCESS(f"cancelled {shown}"))
         if refused:
             raise CommandError(f"{refused} of {len(case_ids)} case(s) not cancelled")

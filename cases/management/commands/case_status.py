@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
 from cases.models import Case
+from mqi_site.untrusted_text import printable
 
 
 def _time(value) -> str:
@@ -11,6 +12,10 @@ def _time(value) -> str:
 
 
 class Command(BaseCommand):
+    """Case ids, folders, error messages and history come from outside (folder names, what
+    a command printed): they are shown with control characters escaped, so they cannot
+    recolour the terminal, move its cursor or forge lines."""
+
     help = "One case's timeline (step runs and events), or a summary of all cases."
 
     def add_arguments(self, parser) -> None:
@@ -26,15 +31,15 @@ class Command(BaseCommand):
     def _one(self, case_id: str) -> None:
         case = Case.objects.filter(case_id=case_id).with_gpus().first()
         if case is None:
-            raise CommandError(f"no case {case_id!r}")
+            raise CommandError(f"no case {printable(repr(case_id))}")
         gpu = ", ".join(str(gpu) for gpu in case.gpus)
         out = self.stdout.write
-        out(f"case      {case.case_id}")
+        out(f"case      {printable(case.case_id)}")
         out(f"status    {case.status}  {case.progress}%  step {case.workflow_step or '-'}")
-        out(f"workflow  {case.workflow}   host {case.host or '-'}   GPU {gpu or '-'}")
-        out(f"folder    {case.source_path}")
+        out(f"workflow  {case.workflow}   host {case.host or '-'}   GPU {printable(gpu or '-')}")
+        out(f"folder    {printable(case.source_path)}")
         if case.error_message:
-            out(f"error     [{case.error_kind}] {case.error_message}")
+            out(f"error     [{case.error_kind}] {printable(case.error_message)}")
         out("")
         out(
             f"{'step':<20} {'try':>3} {'status':<10} {'gpu':<10} {'started':<19} "
@@ -42,16 +47,16 @@ class Command(BaseCommand):
         )
         for run in case.steps.select_related("gpu").order_by("pk"):
             out(
-                f"{run.name:<20} {run.attempt:>3} {run.status:<10} {run.gpu or '-'!s:<10} "
+                f"{run.name:<20} {run.attempt:>3} {run.status:<10} {printable(run.gpu or '-'):<10} "
                 f"{_time(run.started_at or run.dispatched_at):<19} {_time(run.finished_at):<19} "
                 f"{'-' if run.exit_code is None else run.exit_code}"
             )
             if run.error_message:
-                out(f"{'':<24}[{run.error_kind}] {run.error_message}")
+                out(f"{'':<24}[{run.error_kind}] {printable(run.error_message)}")
         out("")
         for event in case.events.order_by("pk"):
-            actor = f" ({event.actor})" if event.actor else ""
-            out(f"{_time(event.created_at)}  {event.kind:<16} {event.message}{actor}")
+            actor = f" ({printable(event.actor)})" if event.actor else ""
+            out(f"{_time(event.created_at)}  {event.kind:<16} {printable(event.message)}{actor}")
 
     def _summary(self, limit: int) -> None:
         counts = dict(Case.objects.values_list("status").annotate(n=Count("pk")))
@@ -67,11 +72,14 @@ class Command(BaseCommand):
             for case in active:
                 gpu = ", ".join(str(gpu) for gpu in case.gpus)
                 out(
-                    f"  {case.case_id:<40} {case.status:<16} {case.progress:>3}% "
-                    f"{case.workflow_step:<20} {gpu or '-'}"
+                    f"  {printable(case.case_id):<40} {case.status:<16} {case.progress:>3}% "
+                    f"{case.workflow_step:<20} {printable(gpu or '-')}"
                 )
         failed = Case.objects.filter(status=Case.Status.FAILED).order_by("-finished_at")[:limit]
         if failed:
             out("\nlatest failures:")
             for case in failed:
-                out(f"  {case.case_id:<40} {_time(case.finished_at)} {case.error_message[:80]}")
+                out(
+                    f"  {printable(case.case_id):<40} {_time(case.finished_at)} "
+                    f"{printable(case.error_message[:80])}"
+                )

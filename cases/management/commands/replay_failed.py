@@ -6,6 +6,7 @@ from cases.management.commands._selection import parse_when
 from cases.models import Case
 from conductor.operations import case_retry
 from conductor.transitions import CaseStateError
+from mqi_site.untrusted_text import printable
 
 
 class Command(BaseCommand):
@@ -46,7 +47,11 @@ class Command(BaseCommand):
         where = "the start" if opts["from_start"] else "the failed step"
         selected = list(cases)
         for case in selected:
-            line = f"{case.case_id:<40} {case.workflow_step or '-':<20} {case.error_message[:60]}"
+            # case ids and reasons come from outside: shown with control characters escaped
+            line = (
+                f"{printable(case.case_id):<40} {case.workflow_step or '-':<20} "
+                f"{printable(case.error_message[:60])}"
+            )
             if opts["dry_run"]:
                 self.stdout.write(f"would replay from {where}: {line}")
                 continue
@@ -55,7 +60,7 @@ class Command(BaseCommand):
                     case_pk=case.pk, from_start=opts["from_start"], actor="replay_failed"
                 )
             except CaseStateError as exc:
-                self.stderr.write(f"skipped {case.case_id}: {exc}")
+                self.stderr.write(f"skipped {printable(case.case_id)}: {printable(exc)}")
                 continue
             if opts["verbosity"] >= 1:
                 self.stdout.write(f"replaying {case.case_id}: folder checked again, {said}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from mqi_site.config import get_config
+from mqi_site.untrusted_text import printable
 from workers.scanner.scan import scan_cases
 
 
@@ -26,5 +27,6 @@ class Command(BaseCommand):
             ("not complete yet", result.incomplete),
         ):
             if names:
-                self.stdout.write(f"{label}: {', '.join(names)}")
+                # folder names: shown with their control characters escaped
+                self.stdout.write(f"{label}: {', '.join(map(printable, names))}")
         self.stdout.write(self.style.SUCCESS(f"reported {len(result.reported)} case(s)"))
