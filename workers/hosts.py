@@ -68,10 +68,18 @@ def transport_for(name: str) -> Transport:
 
 
 def ensure_remote_dir(transport: Transport, path: str) -> None:
-    """``mkdir -p`` through the transport's one-level ``mkdir``."""
+    """``mkdir -p`` through the transport's one-level ``mkdir``.
+
+    The levels it creates (the upload and results folders, a case's output folder) are
+    readable by the transfer user only: their names are case ids, their contents patient
+    data. Existing levels keep their mode.
+    """
     existing = transport.stat(path)
     if existing is not None and existing.is_dir:
         return  # the usual case after a case's first step: one round trip, not two per level
     parts = path.strip("/").split("/")
     for depth in range(1, len(parts) + 1):
-        transport.mkdir("/" + "/".join(parts[:depth]))
+        level = "/" + "/".join(parts[:depth])
+        existing = transport.stat(level)  # a link to a folder is fine on the way
+        if existing is None or not existing.is_dir:
+            transport.mkdir(level, private=True)

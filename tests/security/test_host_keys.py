@@ -79,6 +79,25 @@ def test_a_changed_host_key_fails_the_case_and_says_it_may_be_an_interception(
     assert not gpu_server.case_dir("QA-changed-host").exists()
 
 
+def test_a_revoked_host_key_fails_the_case_with_that_reason(
+    gpu_server, discovered_gpus, workers, tmp_path
+):
+    known_hosts = Path(gpu_server.sshd.target.known_hosts_file)
+    kind, blob = gpu_server.sshd.host_key.with_suffix(".pub").read_text().split()[:2]
+    # the key stays listed, as when @revoked is added and the old line forgotten
+    known_hosts.write_text(known_hosts.read_text() + f"@revoked * {kind} {blob}\n")
+    before = known_hosts.read_bytes()
+
+    case = run_case(gpu_server, "QA-revoked-host")
+
+    assert case.status == Case.Status.FAILED
+    assert case.error_kind == ErrorKind.PERMANENT
+    assert f"is marked @revoked in {known_hosts}: refused" in case.error_message
+    assert case.steps.count() == 1
+    assert known_hosts.read_bytes() == before
+    assert not gpu_server.case_dir("QA-revoked-host").exists()
+
+
 def test_the_right_host_key_lets_the_same_case_through(gpu_server, discovered_gpus, workers):
     case = run_case(gpu_server, "QA-known-host")
 

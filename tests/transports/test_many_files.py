@@ -1,4 +1,4 @@
-"""Many small files at once: read_files, write_files, rename_all (pipelined over SFTP)."""
+"""Many small files, and the per-file primitives a transfer is made of."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from workers.transports import LocalTransport, SSHTransport, TransportError
-from workers.transports.ssh import SMALL_FILE_REQUESTS_IN_FLIGHT
 from workers.transports.transfer import SMALL_FILE_BYTES, download_tree, part_name, upload_tree
-
-# more files than requests in flight, so the window slides; sizes from empty to the largest
-# file sent whole
-COUNT = SMALL_FILE_REQUESTS_IN_FLIGHT * 2 + 7
 
 
 @pytest.fixture(params=["ssh", "local"])
@@ -23,93 +18,101 @@ def transport(request, sshd_server):
     return SSHTransport(sshd_server.target) if request.param == "ssh" else LocalTransport()
 
 
-def contents(count: int) -> list[bytes]:
-    sizes = [0, 1, SMALL_FILE_BYTES, *((i * 977) % 40_000 for i in range(count - 3))]
-    return [os.urandom(size) for size in sizes]
+def write(transport, root: Path, path: Path, data: bytes, **options) -> None:
+    with transport.open_write(str(path), root=str(root), **options) as writer:
+        writer.write(data)
 
 
-def test_written_files_read_back_the_same(transport, tmp_path):
-    datas = contents(COUNT)
-    paths = [str(tmp_path / f"f{i:03}") for i in range(COUNT)]
-
-    transport.write_files(list(zip(paths, datas, strict=True)))
-
-    assert [Path(p).read_bytes() for p in paths] == datas
-    sizes = [(p, len(d)) for p, d in zip(paths, datas, strict=True)]
-    assert transport.read_files(sizes) == datas
+def read(transport, root: Path, path: Path, size: int, **options) -> bytes:
+    with transport.open_read(str(path), root=str(root), size=size, **options) as reader:
+        return reader.read(size + 1)
 
 
-def test_writing_truncates_what_was_there(transport, tmp_path):
-    target = tmp_path / "f"
-    target.write_bytes(b"x" * 5000)
+@pytest.mark.parametrize("size", [0, 1, 32 * 1024, 32 * 1024 + 1, SMALL_FILE_BYTES, 3_000_001])
+def test_a_written_file_reads_back_the_same(transport, tmp_path, size):
+    data = os.urandom(size)
 
-    transport.write_files([(str(target), b"short")])
+    write(transport, tmp_path, tmp_path / "f", data)
 
-    assert target.read_bytes() == b"short"
+    assert (tmp_path / "f").read_bytes() == data
+    assert read(transport, tmp_path, tmp_path / "f", size) == data
+
+
+def test_reading_from_an_offset_and_writing_at_one(transport, tmp_path):
+    data = os.urandom(200_000)
+    (tmp_path / "f").write_bytes(data[:70_000])
+
+    write(transport, tmp_path, tmp_path / "f", data[70_000:], offset=70_000)
+
+    assert (tmp_path / "f").read_bytes() == data
+    assert read(transport, tmp_path, tmp_path / "f", len(data), offset=12_345) == data[12_345:]
+
+
+def test_creating_a_file_that_exists_is_refused_and_leaves_it_alone(transport, tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 5000)
+
+    with pytest.raises(TransportError) as error:
+        write(transport, tmp_path, tmp_path / "f", b"short")
+
+    assert error.value.permanent
+    assert (tmp_path / "f").read_bytes() == b"x" * 5000
 
 
 def test_a_file_shorter_than_expected_reads_short(transport, tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
 
-    assert transport.read_files([(str(tmp_path / "f"), 10)]) == [b"abc"]
+    assert read(transport, tmp_path, tmp_path / "f", 10) == b"abc"
 
 
-def test_a_missing_file_among_many_is_a_permanent_error_that_names_it(transport, tmp_path):
-    paths = [tmp_path / f"f{i}" for i in range(20)]
-    for path in paths:
-        path.write_bytes(b"data")
-    paths[13].unlink()
+def test_a_large_file_shorter_than_expected_reads_short_without_hanging(transport, tmp_path):
+    data = os.urandom(1_000_000)
+    (tmp_path / "f").write_bytes(data)
 
+    assert read(transport, tmp_path, tmp_path / "f", 5_000_000) == data
+
+
+def test_nothing_past_the_expected_size_is_read(transport, tmp_path):
+    (tmp_path / "f").write_bytes(b"abcdef")
+
+    assert read(transport, tmp_path, tmp_path / "f", 4) == b"abcd"
+
+
+def test_reading_a_missing_file_is_a_permanent_error_that_names_it(transport, tmp_path):
     with pytest.raises(TransportError) as error:
-        transport.read_files([(str(p), 4) for p in paths])
+        read(transport, tmp_path, tmp_path / "gone", 4)
 
     assert error.value.permanent
-    assert str(paths[13]) in str(error.value)
-    # the connection is still usable, and nothing was left half-done on it
-    assert transport.read_files([(str(paths[0]), 4)]) == [b"data"]
+    assert str(tmp_path / "gone") in str(error.value)
+    (tmp_path / "there").write_bytes(b"data")  # the connection is still usable
+    assert read(transport, tmp_path, tmp_path / "there", 4) == b"data"
 
 
 def test_writing_into_a_missing_folder_is_a_permanent_error_that_names_it(transport, tmp_path):
-    files = [(str(tmp_path / f"f{i}"), b"data") for i in range(10)]
-    files[4] = (str(tmp_path / "missing" / "f4"), b"data")
-
     with pytest.raises(TransportError) as error:
-        transport.write_files(files)
+        write(transport, tmp_path, tmp_path / "missing" / "f4", b"data")
 
     assert error.value.permanent
     assert "missing/f4" in str(error.value)
-    transport.write_files([(str(tmp_path / "after"), b"ok")])
+    write(transport, tmp_path, tmp_path / "after", b"ok")
     assert (tmp_path / "after").read_bytes() == b"ok"
 
 
-def test_rename_all_replaces_the_targets_in_order(transport, tmp_path):
-    for i in range(COUNT):
-        (tmp_path / f"part{i}").write_text(f"new {i}")
-        (tmp_path / f"final{i}").write_text("old")
+def test_rename_replaces_the_target(transport, tmp_path):
+    (tmp_path / "part").write_text("new")
+    (tmp_path / "final").write_text("old")
 
-    transport.rename_all(
-        [(str(tmp_path / f"part{i}"), str(tmp_path / f"final{i}")) for i in range(COUNT)]
-    )
+    transport.rename(str(tmp_path / "part"), str(tmp_path / "final"))
 
-    assert [(tmp_path / f"final{i}").read_text() for i in range(COUNT)] == [
-        f"new {i}" for i in range(COUNT)
-    ]
-    assert not list(tmp_path.glob("part*"))
+    assert (tmp_path / "final").read_text() == "new"
+    assert not (tmp_path / "part").exists()
 
 
-def test_rename_all_names_the_rename_that_failed(transport, tmp_path):
-    (tmp_path / "a").write_text("a")
-
+def test_renaming_a_missing_file_is_a_permanent_error_that_names_it(transport, tmp_path):
     with pytest.raises(TransportError) as error:
-        transport.rename_all(
-            [
-                (str(tmp_path / "a"), str(tmp_path / "b")),
-                (str(tmp_path / "gone"), str(tmp_path / "c")),
-            ]
-        )
+        transport.rename(str(tmp_path / "gone"), str(tmp_path / "c"))
 
+    assert error.value.permanent
     assert str(tmp_path / "gone") in str(error.value)
-    assert (tmp_path / "b").read_text() == "a"  # the one before it happened
 
 
 def test_a_small_files_kept_part_is_written_over_and_verified(transport, tmp_path):

@@ -156,7 +156,7 @@ def test_a_destination_below_a_file_is_a_permanent_error(transport, tmp_path):
 
 def test_reading_a_missing_remote_file_is_a_permanent_error(transport, tmp_path):
     with pytest.raises(TransportError) as error:
-        transport.open_read(str(tmp_path / "missing.dcm"))
+        transport.open_read(str(tmp_path / "missing.dcm"), root=str(tmp_path), size=10)
 
     assert error.value.permanent
     assert "missing.dcm" in str(error.value)

@@ -6,6 +6,12 @@ the GPU server itself). Both expose the same small primitives, shaped like param
 ``SFTPClient``, so :mod:`~workers.transports.transfer` and
 :mod:`~workers.transports.detached` are written once.
 
+Files are opened below a root folder (the case folder, the results folder) and no symbolic
+link is followed from that root down, not even one swapped in after the folder was listed:
+locally every level is opened with ``O_NOFOLLOW``; over SFTP, whose protocol (version 3)
+has neither ``O_NOFOLLOW`` nor inode numbers, every level is ``lstat``-ed after the open and
+the opened file's attributes must match the ones found at its name.
+
 Every primitive raises :class:`TransportError` (never a raw ``OSError`` or paramiko
 exception), and every error says whether retrying can help.
 """
@@ -13,6 +19,7 @@ exception), and every error says whether retrying can help.
 from __future__ import annotations
 
 import errno
+import posixpath
 import stat as stat_module
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,39 +173,39 @@ class Transport(Protocol):
         """``path`` with every symlink resolved (the path must exist)."""
         ...
 
-    def mkdir(self, path: str) -> None:
-        """Create one folder level; an existing folder is fine."""
-        ...
+    def mkdir(self, path: str, *, private: bool = False) -> None:
+        """Create one folder level; an existing folder is fine, a symlink there is refused.
 
-    def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> ReadStream:
-        """Open for sequential reading from ``offset``.
-
-        ``size`` (the file's size) lets the transport read ahead exactly as far as needed.
+        ``private``: a folder created now is readable by its owner only (0700); an existing
+        one keeps its mode.
         """
         ...
 
-    def open_write(self, path: str, *, offset: int = 0) -> WriteStream:
-        """Open for sequential writing at ``offset``: 0 creates or truncates, more appends there."""
+    def open_read(self, path: str, *, root: str, size: int, offset: int = 0) -> ReadStream:
+        """Open ``path``, a regular file below the folder ``root``, for reading from ``offset``.
+
+        ``size`` is the file's expected size: nothing past it is read (a file that is
+        shorter now reads short). Neither ``root``, nor a folder between it and ``path``, nor
+        ``path`` may be a symbolic link, checked on what was opened (a folder swapped for a
+        link after it was listed is refused, not followed); a link is a permanent error.
+        """
+        ...
+
+    def open_write(
+        self, path: str, *, root: str, offset: int = 0, private: bool = False
+    ) -> WriteStream:
+        """Open ``path`` below ``root`` for sequential writing at ``offset``.
+
+        At offset 0 the file is created and must not exist yet (a symlink or file put there
+        is an error, never written through): remove an earlier one first. At a larger
+        offset it is an existing regular file, written from there. Links are refused as for
+        :meth:`open_read`. ``private``: a file created now is readable by its owner only
+        (0600).
+        """
         ...
 
     def rename(self, src: str, dst: str) -> None:
         """Atomically replace ``dst`` with ``src`` (POSIX rename semantics)."""
-        ...
-
-    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
-        """The contents of many small files, given as ``(path, size)``.
-
-        Each file is read up to its ``size`` (at most 252 KiB); a file that is shorter now
-        comes back shorter. Over SSH the requests for many files are in flight at once.
-        """
-        ...
-
-    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
-        """Create or truncate each file and write its contents (at most 252 KiB each)."""
-        ...
-
-    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
-        """:meth:`rename` for each ``(src, dst)``, in order; stops at the first failure."""
         ...
 
     def remove(self, path: str) -> None:
@@ -206,7 +213,8 @@ class Transport(Protocol):
         ...
 
     def digests(self, paths: Sequence[str], *, timeout: float) -> list[FileDigest | None]:
-        """Size and SHA-256 of each file, computed on this host; None where it is missing."""
+        """Size and SHA-256 of each file, computed on this host; None where it is missing or
+        is a symbolic link."""
         ...
 
     def close(self) -> None:
@@ -244,6 +252,28 @@ _TRANSIENT_ERRNOS = frozenset(
         errno.EINTR,
     }
 )
+
+
+def path_chain(root: str, path: str) -> list[str]:
+    """``root``, every folder between it and ``path``, and ``path`` (strictly below ``root``)."""
+    root = posixpath.normpath(root)
+    path = posixpath.normpath(path)
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix) or ".." in path.split("/"):
+        raise ValueError(f"{path!r} is not below {root!r}")
+    chain = [root]
+    for name in path[len(prefix) :].split("/"):
+        chain.append(posixpath.join(chain[-1], name))
+    return chain
+
+
+def link_refused(where: str, path: str) -> TransportError:
+    """The error for a symbolic link where a transfer does not follow links."""
+    return TransportError(
+        f"{where}: {path!r} is a symbolic link; links are not followed there (nor a folder "
+        "swapped for one while it was read): replace it with the folder or file itself",
+        permanent=True,
+    )
 
 
 def os_error(exc: OSError, *, where: str, action: str, path: str) -> TransportError:

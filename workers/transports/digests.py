@@ -4,8 +4,9 @@
 One command per file costs a round trip and two process starts each (seconds for a folder
 of 1,000 small files); one command for everything could exceed the argument-length limit.
 So paths are packed into scripts of bounded size, each path quoted with ``shlex.quote``.
-A script first prints one presence line per path (``1``/``0``), then runs ``stat`` and the
-hasher once over the files that are present: both print exactly one line per file in
+A script first prints one presence line per path (``1``/``0``; a symbolic link counts as
+missing: it is not the file that was written or listed), then runs ``stat`` and the hasher
+once over the files that are present: both print exactly one line per file in
 argument order (names with a newline or backslash are escaped), so no file name is parsed.
 
 ``openssl dgst`` is preferred when installed: it uses the CPU's SHA instructions and hashes
@@ -30,7 +31,8 @@ _HEAD = (
 )
 _TAIL = (
     "; do\n"
-    '  if [ -f "$p" ] && [ -r "$p" ]; then set -- "$@" "$p"; echo 1; else echo 0; fi\n'
+    '  if [ -f "$p" ] && [ ! -L "$p" ] && [ -r "$p" ]; then set -- "$@" "$p"; echo 1\n'
+    "  else echo 0; fi\n"
     "done\n"
     f"echo {_MARK}\n"
     '[ $# -eq 0 ] || stat -L -c %s -- "$@" || exit 3\n'

@@ -7,6 +7,7 @@ so transfer and detached-run code cannot tell the difference.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -23,7 +24,9 @@ from workers.transports.base import (
     FileDigest,
     FileStat,
     TransportError,
+    link_refused,
     os_error,
+    path_chain,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,10 @@ logger = logging.getLogger(__name__)
 # a file being written is handed to the disk every this many bytes (see _LocalStream.write)
 WRITEBACK_BYTES = 64 * 1024 * 1024
 _FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS: there the sync does it all
+# a folder on the way to a file: opened without following a link
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put where a file was listed must not block the open (it is refused after)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LocalTransport:
@@ -104,10 +111,12 @@ class LocalTransport:
         except OSError as exc:
             raise self._error(exc, "resolve", path) from exc
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, *, private: bool = False) -> None:
         try:
-            os.mkdir(path)
+            os.mkdir(path, 0o700 if private else 0o777)
         except FileExistsError as exc:
+            if os.path.islink(path):
+                raise link_refused(self.description, path) from None
             if not os.path.isdir(path):
                 raise self._error(exc, "create folder", path) from exc
         except OSError as exc:
@@ -140,51 +149,99 @@ class LocalTransport:
         except OSError as exc:
             raise self._error(exc, f"rename {src!r} to", dst) from exc
 
-    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
-        for src, dst in renames:
-            self.rename(src, dst)
-
-    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
-        contents = []
-        for path, size in files:
-            with self.open_read(path, size=size) as reader:
-                contents.append(reader.read(size))
-        return contents
-
-    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
-        for path, data in files:
-            with self.open_write(path) as writer:
-                writer.write(data)
-
-    def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> _LocalStream:
+    def open_read(self, path: str, *, root: str, size: int, offset: int = 0) -> _LocalStream:
+        descriptor = self._open_below(root, path, _READ_FLAGS)
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed by the stream
+            handle = os.fdopen(descriptor, "rb")
+        except BaseException:
+            os.close(descriptor)
+            raise
+        try:
             handle.seek(offset)
         except OSError as exc:
+            handle.close()
             raise self._error(exc, "open", path) from exc
-        return _LocalStream(self, handle, path, "read")
+        return _LocalStream(self, handle, path, "read", unread=max(size - offset, 0))
 
-    def open_write(self, path: str, *, offset: int = 0) -> _LocalStream:
+    def open_write(
+        self, path: str, *, root: str, offset: int = 0, private: bool = False
+    ) -> _LocalStream:
+        if offset:
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        else:  # O_EXCL: neither a file nor a link already there is written (through)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        descriptor = self._open_below(root, path, flags, 0o600 if private else 0o666)
         try:
-            handle = open(path, "r+b" if offset else "wb")  # noqa: SIM115 - closed by the stream
+            handle = os.fdopen(descriptor, "wb")  # on a descriptor, "w" does not truncate
+        except BaseException:
+            os.close(descriptor)
+            raise
+        try:
             handle.seek(offset)
         except OSError as exc:
+            handle.close()
             raise self._error(exc, "open", path) from exc
         return _LocalStream(self, handle, path, "write")
+
+    def _open_below(self, root: str, path: str, flags: int, mode: int = 0o666) -> int:
+        """A descriptor of the regular file ``path``, reached from ``root`` one level at a
+        time without following a link: what is opened is what was listed, or an error."""
+        chain = path_chain(root, path)
+        folder = self._open_level(root, path, _FOLDER_FLAGS)
+        try:
+            for level in chain[1:-1]:
+                inner = self._open_level(level, path, _FOLDER_FLAGS, folder)
+                os.close(folder)
+                folder = inner
+            descriptor = self._open_level(path, path, flags | os.O_NOFOLLOW, folder, mode)
+        finally:
+            os.close(folder)
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise TransportError(
+                    f"{self.description}: {path!r} is not a regular file; remove it",
+                    permanent=True,
+                )
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
+
+    def _open_level(
+        self, level: str, path: str, flags: int, folder: int | None = None, mode: int = 0o666
+    ) -> int:
+        """Open ``level`` (``path`` or a folder on its way), relative to ``folder`` if given."""
+        name = level if folder is None else os.path.basename(level)
+        try:
+            return os.open(name, flags, mode, dir_fd=folder)
+        except OSError as exc:
+            # O_NOFOLLOW on a link fails with ELOOP, with O_DIRECTORY too with ENOTDIR;
+            # O_EXCL on a link with EEXIST
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST) and os.path.islink(level):
+                raise link_refused(self.description, level) from None
+            raise self._error(exc, "open", path) from exc
 
     def digests(self, paths: Sequence[str], *, timeout: float) -> list[FileDigest | None]:
         return [self._digest(path) for path in paths]
 
     def _digest(self, path: str) -> FileDigest | None:
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            descriptor = os.open(path, _READ_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(path):
+                return None  # a link is not the file that was written
             raise self._error(exc, "checksum", path) from exc
-        return FileDigest(size=size, sha256=sha256)
+        with os.fdopen(descriptor, "rb") as handle:
+            try:
+                status = os.fstat(descriptor)
+                if not stat.S_ISREG(status.st_mode):
+                    return None
+                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+            except OSError as exc:
+                raise self._error(exc, "checksum", path) from exc
+        return FileDigest(size=status.st_size, sha256=sha256)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -197,18 +254,23 @@ class _LocalStream:
     them to disk before it publishes them under their final name.
     """
 
-    def __init__(self, owner: LocalTransport, handle: BinaryIO, path: str, action: str) -> None:
+    def __init__(
+        self, owner: LocalTransport, handle: BinaryIO, path: str, action: str, *, unread: int = 0
+    ) -> None:
         self._owner = owner
         self._handle = handle
         self._path = path
         self._action = action
+        self._unread = unread  # reading: bytes left up to the size the file was listed with
         self._unflushed = 0  # bytes written since the disk was last asked to catch up
 
     def read(self, size: int) -> bytes:
         try:
-            return self._handle.read(size)
+            data = self._handle.read(min(size, self._unread))
         except OSError as exc:
             raise self._owner._error(exc, "read", self._path) from exc
+        self._unread -= len(data)
+        return data
 
     def write(self, data: bytes) -> None:
         try:

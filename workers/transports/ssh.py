@@ -1,47 +1,38 @@
-"""A GPU server reached over SSH (commands) and SFTP (files), with paramiko.
+"""A GPU server reached over SSH (commands) and SFTP (files), with paramiko's public API.
 
-Security: key authentication only (no agent, no ``~/.ssh`` key discovery, no passwords),
-host keys checked against the target's own known_hosts file, unknown hosts rejected and
-never added. Key material and file contents are never logged.
+Security: key authentication only (no agent, no ``~/.ssh`` key discovery, no passwords), a
+private key that others may read is refused as OpenSSH refuses it, host keys checked against
+the target's own known_hosts file (``@revoked`` keys refused, unknown hosts rejected and
+never added). Key material and file contents are never logged.
 
 Connections: one per target per thread (paramiko clients are not meant to be shared between
 threads), kept open between calls, and re-opened when they died. An operation that fails
 because the connection broke is retried once on a fresh connection when repeating it is
 harmless; :meth:`SSHTransport.run` is retried only if the command never reached the server.
+
+Files: SFTP version 3 as paramiko's ``SFTPClient`` speaks it, 32 KiB per request (paramiko's
+``SFTPFile.MAX_REQUEST_SIZE``), writes pipelined (``set_pipelined``) and reads prefetched
+(``prefetch``). Nothing of paramiko's below that is used: its private names change without
+notice between releases.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import select
 import shlex
 import socket
+import stat
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
 import paramiko
-from paramiko.buffered_pipe import BufferedPipe
-from paramiko.sftp import (
-    CMD_CLOSE,
-    CMD_DATA,
-    CMD_EXTENDED,
-    CMD_HANDLE,
-    CMD_OPEN,
-    CMD_READ,
-    CMD_STATUS,
-    CMD_WRITE,
-    SFTP_FLAG_CREATE,
-    SFTP_FLAG_READ,
-    SFTP_FLAG_TRUNC,
-    SFTP_FLAG_WRITE,
-    SFTPError,
-    int64,
-)
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from workers.transports.base import (
     PERMANENT_ERRNOS,
@@ -50,7 +41,9 @@ from workers.transports.base import (
     FileStat,
     SSHTarget,
     TransportError,
+    link_refused,
     os_error,
+    path_chain,
 )
 from workers.transports.digests import digest_script_batches, parse_digest_output
 
@@ -58,19 +51,15 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Measured on loopback against OpenSSH 9.2 (200 MB file): paramiko's defaults (2 MiB window,
-# 32 KiB packets and requests) give ~115 MB/s; a larger window, 256 KiB packets from the
-# server and ~256 KiB SFTP requests give ~230 MB/s each way, on par with OpenSSH's sftp.
-# Fewer, bigger packets and requests mean less per-packet Python work. OpenSSH's
-# sftp-server accepts messages up to 256 KiB, so a request stays a little below that (a
-# read answered with less than asked costs an extra round trip).
-WINDOW_SIZE = 32 * 1024 * 1024
-MAX_PACKET_SIZE = 256 * 1024
-SFTP_REQUEST_SIZE = 252 * 1024
-READ_REQUESTS_IN_FLIGHT = 32
-# requests in flight for the many-small-files operations (each open file is a handle on the
-# server until its close is answered)
-SMALL_FILE_REQUESTS_IN_FLIGHT = 96
+# The SFTP channel's receive window. paramiko keeps a channel's unread input in one buffer
+# and moves what is left to its front on every read, so the more the server may send ahead,
+# the more each read of a prefetched answer costs: a small window reads fastest.
+SFTP_WINDOW_BYTES = 1024 * 1024
+SFTP_MAX_PACKET_BYTES = 64 * 1024
+# A download asks for this much of a file at once (SFTPFile.prefetch). Bounded: a download
+# that stops early (an error, a cancel) has to take in what was asked before the file
+# closes, and holds it in memory meanwhile.
+PREFETCH_BYTES = 64 * 1024 * 1024
 
 # the longest script sent as one ``sh -c`` argument (Linux caps one argument at 128 KiB)
 MAX_SCRIPT_BYTES = 120 * 1024
@@ -79,7 +68,7 @@ _PARAMIKO_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     EOFError,
     paramiko.SSHException,
-    SFTPError,
+    paramiko.SFTPError,
 )
 
 _cache = threading.local()
@@ -91,22 +80,32 @@ class _UnknownHostKeyError(paramiko.SSHException):
         self.key = key
 
 
+class _RevokedHostKeyError(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(f"host key for {hostname} is revoked")
+        self.key = key
+
+
 class _RejectUnknownHost(paramiko.RejectPolicy):
-    """Reject like :class:`paramiko.RejectPolicy`, but keep the key for the error message."""
+    """Reject like :class:`paramiko.RejectPolicy`, with the key and the reason kept for the
+    error message. Revoked keys never reach the accepted keys, so they arrive here too."""
+
+    def __init__(self, revoked: Sequence[paramiko.PKey]) -> None:
+        self.revoked = list(revoked)
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
+        if key in self.revoked:
+            raise _RevokedHostKeyError(hostname, key)
         raise _UnknownHostKeyError(hostname, key)
 
 
 def _make_paramiko_transport(sock: socket.socket, **kwargs: object) -> paramiko.Transport:
-    transport = paramiko.Transport(
-        sock,
-        default_window_size=WINDOW_SIZE,
-        default_max_packet_size=MAX_PACKET_SIZE,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    # SFTP waits for an answer to each small request: without this, Nagle's algorithm holds
+    # a request back until the previous packet is acknowledged, which the server delays
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = paramiko.Transport(sock, **kwargs)  # type: ignore[arg-type]
     options = transport.get_security_options()
     # AES-GCM first: one AEAD pass in OpenSSL per packet, where CTR adds an HMAC-SHA-256
     options.ciphers = sorted(options.ciphers, key=lambda name: "-gcm@" not in name)
@@ -116,13 +115,32 @@ def _make_paramiko_transport(sock: socket.socket, **kwargs: object) -> paramiko.
 def _load_key(target: SSHTarget) -> paramiko.PKey:
     where = f"ssh {target.address}"
     try:
-        return paramiko.PKey.from_path(target.key_file)
+        status = os.stat(target.key_file)
     except FileNotFoundError:
         raise TransportError(
             f"{where}: private key file {target.key_file!r} does not exist; "
             "point key_file at the transfer user's private key",
             permanent=True,
         ) from None
+    except OSError as exc:
+        raise TransportError(
+            f"{where}: cannot read private key file {target.key_file!r} ({exc.strerror}); "
+            "make it readable by this user only",
+            permanent=True,
+        ) from None
+    # OpenSSH's rule (sshkey_perm_ok): a key of ours that others may read is compromised
+    # and is not used. A key owned by someone else (a secret mounted into a container) is
+    # checked by its owner, not here.
+    if status.st_uid == os.getuid() and status.st_mode & 0o077:
+        raise TransportError(
+            f"{where}: permissions {stat.S_IMODE(status.st_mode):04o} for {target.key_file!r} "
+            "are too open: a private key must not be readable by others; "
+            f"`chmod 600 {shlex.quote(target.key_file)}`, and replace the key if others "
+            "may have read it",
+            permanent=True,
+        )
+    try:
+        return paramiko.PKey.from_path(target.key_file)
     except paramiko.PasswordRequiredException:
         raise TransportError(
             f"{where}: private key {target.key_file!r} is protected by a passphrase; "
@@ -137,11 +155,86 @@ def _load_key(target: SSHTarget) -> paramiko.PKey:
         ) from None
 
 
+def _load_known_hosts(target: SSHTarget, client: paramiko.SSHClient) -> list[paramiko.PKey]:
+    """Put the known_hosts file's keys into ``client``; return the ``@revoked`` keys.
+
+    paramiko reads no markers: it fails on a ``@revoked`` or ``@cert-authority`` line. A
+    revoked key is refused for every host, as OpenSSH does ("must not ever be accepted"),
+    even where a line also lists it as valid; host certificates (``@cert-authority``) are
+    not supported by paramiko, so such a line is a configuration error, not a hint.
+    """
+    where = f"ssh {target.address}: known_hosts file {target.known_hosts_file!r}"
+    try:
+        with open(target.known_hosts_file, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise TransportError(
+            f"ssh {target.address}: cannot read known_hosts file "
+            f"{target.known_hosts_file!r} ({exc.strerror}); create it with the server's "
+            "verified host key",
+            permanent=True,
+        ) from None
+    accepted: list[HostKeyEntry] = []
+    revoked: list[paramiko.PKey] = []
+    for number, text in enumerate(lines, 1):
+        line = text.strip()
+        if not line or line.startswith("#"):
+            continue
+        marker = ""
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+        if marker == "@cert-authority":
+            raise TransportError(
+                f"{where}, line {number}: @cert-authority (host certificates) is not "
+                "supported; list the server's own host key instead "
+                f"(`ssh-keyscan -p {target.port} {target.hostname}`, after verifying it)",
+                permanent=True,
+            )
+        if marker not in ("", "@revoked"):
+            raise TransportError(
+                f"{where}, line {number}: unknown marker {marker[:40]!r}; remove the line",
+                permanent=True,
+            )
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, paramiko.SSHException, ValueError):
+            entry = None
+        if entry is None:  # OpenSSH skips lines it cannot read, and so does paramiko
+            logger.info("%s, line %d: not a key this client can read; skipped", where, number)
+            continue
+        if marker:
+            revoked.append(entry.key)
+        else:
+            accepted.append(entry)
+    keys = client.get_host_keys()
+    for entry in accepted:
+        if entry.key in revoked:
+            continue
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
 def _connect_error(
-    target: SSHTarget, exc: BaseException, *, dropped: bool = False
+    target: SSHTarget,
+    exc: BaseException,
+    *,
+    dropped: bool = False,
+    revoked: Sequence[paramiko.PKey] = (),
 ) -> TransportError:
     where = f"ssh {target.address}"
     known_hosts = target.known_hosts_file
+    offered = getattr(exc, "key", None)
+    if isinstance(exc, _RevokedHostKeyError) or (
+        isinstance(exc, paramiko.BadHostKeyException) and offered in revoked
+    ):
+        return TransportError(
+            f"{where}: the server's host key ({offered.get_name()} {offered.fingerprint}) "
+            f"is marked @revoked in {known_hosts}: refused. The server needs a new host key; "
+            "verify it with the server's administrator and list it in known_hosts",
+            permanent=True,
+        )
     if isinstance(exc, _UnknownHostKeyError):
         return TransportError(
             f"{where}: host key for {target.known_hosts_name} is not in {known_hosts} "
@@ -191,96 +284,6 @@ def _connect_error(
     return TransportError(f"{where}: cannot connect ({exc!r}); will retry", permanent=False)
 
 
-class _Chunks:
-    """Bytes in arrival order, kept as the chunks they came in: taking bytes from the front
-    copies only those bytes, and a whole chunk taken at once is not copied at all."""
-
-    def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
-        self._start = 0  # bytes of the first chunk already taken
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def append(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(bytes(data))
-            self._size += len(data)
-
-    def peek(self, limit: int | None = None) -> bytes:
-        """The first ``limit`` bytes (all of them if None), left in place."""
-        wanted = self._size if limit is None else min(limit, self._size)
-        if not wanted:
-            return b""
-        first = self._chunks[0]
-        if self._start == 0 and len(first) == wanted:
-            return first  # a whole packet: no copy
-        parts: list[memoryview] = []
-        start, needed = self._start, wanted
-        for chunk in self._chunks:
-            part = memoryview(chunk)[start : start + needed]
-            parts.append(part)
-            needed -= len(part)
-            start = 0
-            if not needed:
-                break
-        return b"".join(parts)
-
-    def __delitem__(self, index: slice) -> None:
-        """``del chunks[:n]`` and ``del chunks[:]``: drop bytes from the front."""
-        if index.start is not None or index.step is not None:
-            raise IndexError("only the front can be dropped")
-        count = self._size if index.stop is None else min(index.stop, self._size)
-        self._size -= count
-        while count:
-            left = len(self._chunks[0]) - self._start
-            if count < left:
-                self._start += count
-                return
-            self._chunks.popleft()
-            self._start = 0
-            count -= left
-
-
-class _ChannelBuffer(BufferedPipe):
-    """paramiko's buffer of a channel's unread input, kept as the packets that came in.
-
-    paramiko keeps it in one ``array.array``: every read copies the bytes out twice and
-    moves everything still buffered to the front.  Downloading, up to
-    ``READ_REQUESTS_IN_FLIGHT`` answers (8 MB) wait there, and each read of an answer's
-    4-byte length or of its data moved them all (py-spy: 12 % of a download in
-    ``BufferedPipe.read``).  paramiko's locking and waiting are kept; only the storage
-    changes.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._buffer = _Chunks()  # type: ignore[assignment]
-
-    def _buffer_frombytes(self, data: bytes) -> None:
-        self._buffer.append(data)
-
-    def _buffer_tobytes(self, limit: int | None = None) -> bytes:
-        return self._buffer.peek(limit)
-
-
-class _SFTPClient(paramiko.SFTPClient):
-    def _write_all(self, out: bytes) -> None:
-        """paramiko's, without copying what is left of a message after each packet.
-
-        The server takes packets of 32 KiB, so a 252 KiB write request goes out in eight,
-        and paramiko copied the rest of the message after each one (4.5 copies of every
-        byte uploaded); a memoryview moves along it instead.
-        """
-        view = memoryview(out)
-        while view:
-            sent = self.sock.send(view)
-            if sent <= 0:
-                raise EOFError()
-            view = view[sent:]
-
-
 class _Connection:
     """One authenticated SSH connection and, once needed, its SFTP session."""
 
@@ -288,16 +291,8 @@ class _Connection:
         self.target = target
         key = _load_key(target)
         client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(target.known_hosts_file)
-        except OSError as exc:
-            raise TransportError(
-                f"ssh {target.address}: cannot read known_hosts file "
-                f"{target.known_hosts_file!r} ({exc.strerror}); create it with the server's "
-                "verified host key",
-                permanent=True,
-            ) from None
-        client.set_missing_host_key_policy(_RejectUnknownHost())
+        revoked = _load_known_hosts(target, client)
+        client.set_missing_host_key_policy(_RejectUnknownHost(revoked))
         timeout = target.connect_timeout_sec
         try:
             client.connect(
@@ -317,7 +312,7 @@ class _Connection:
             session = client.get_transport()
             dropped = session is None or not session.is_active()
             client.close()
-            raise _connect_error(target, exc, dropped=dropped) from exc
+            raise _connect_error(target, exc, dropped=dropped, revoked=revoked) from exc
         self.client = client
         self.transport: paramiko.Transport = client.get_transport()  # type: ignore[assignment]
         self.transport.set_keepalive(target.keepalive_sec)
@@ -329,18 +324,19 @@ class _Connection:
         """The connection is up and, if an SFTP session was opened, so is that session."""
         if not self.transport.is_active():
             return False
-        return self._sftp is None or not self._sftp.sock.closed
+        return self._sftp is None or not self._sftp.get_channel().closed
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
-            # paramiko's SFTPClient.from_transport, with our buffer for the channel's input
-            channel = self.transport.open_session(
-                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
+            sftp = paramiko.SFTPClient.from_transport(
+                self.transport,
+                window_size=SFTP_WINDOW_BYTES,
+                max_packet_size=SFTP_MAX_PACKET_BYTES,
             )
-            channel.in_buffer = _ChannelBuffer()
-            channel.invoke_subsystem("sftp")
-            self._sftp = _SFTPClient(channel)
+            if sftp is None:
+                raise paramiko.SSHException("the server did not open an SFTP session")
+            self._sftp = sftp
         return self._sftp
 
     def shell(self, deadline: float) -> _Shell:
@@ -494,20 +490,23 @@ class SSHTransport:
             permanent=False,
         )
 
-    def _call(self, action: str, path: str, operation: Callable[[_Connection], T]) -> T:
-        """Run an idempotent operation; once more on a fresh connection if the first broke."""
+    def _call(
+        self,
+        action: str,
+        path: str,
+        operation: Callable[[_Connection], T],
+        *,
+        retry: bool = True,
+    ) -> T:
+        """Run an operation; once more on a fresh connection if the first broke and ``retry``
+        (repeating it is harmless)."""
         for attempt in (1, 2):
             connection = self._connection()
             try:
                 return operation(connection)
-            except _FileFailed as failed:  # one file of many: name it
-                error = self._error(failed.error, connection, action, failed.path)
-                if error.permanent or attempt == 2:
-                    raise error from failed.error
-                logger.info("%s; retrying once", error)
             except _PARAMIKO_ERRORS as exc:
                 error = self._error(exc, connection, action, path)
-                if error.permanent or attempt == 2:
+                if error.permanent or attempt == 2 or not retry:
                     raise error from exc
                 logger.info("%s; retrying once", error)
         raise AssertionError("unreachable")
@@ -592,13 +591,16 @@ class SSHTransport:
     def realpath(self, path: str) -> str:
         return self._call("resolve", path, lambda c: c.sftp.normalize(path))
 
-    def mkdir(self, path: str) -> None:
+    def mkdir(self, path: str, *, private: bool = False) -> None:
         def operation(connection: _Connection) -> None:
             try:
-                connection.sftp.mkdir(path)
+                connection.sftp.mkdir(path, 0o700 if private else 0o777)
             except OSError:
-                # "Failure" is what an existing folder looks like; anything else is re-raised
-                existing = _stat_or_none(connection.sftp, path)
+                # "Failure" is what an existing folder looks like (mkdir does not follow a
+                # link there either); anything else is re-raised
+                existing = _lstat_or_none(connection.sftp, path)
+                if existing is not None and existing.is_symlink:
+                    raise link_refused(self.description, path) from None
                 if existing is None or not existing.is_dir:
                     raise
 
@@ -615,59 +617,100 @@ class SSHTransport:
 
     def rename(self, src: str, dst: str) -> None:
         # not retried: after a lost reply we cannot tell whether it happened
-        connection = self._connection()
-        try:
-            connection.sftp.posix_rename(src, dst)
-        except _PARAMIKO_ERRORS as exc:
-            raise self._error(exc, connection, f"rename {src!r} to", dst) from exc
-
-    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
-        # open, read and close of many files in flight at once: one round trip per window
-        # of files instead of three per file
-        def operation(connection: _Connection) -> list[bytes]:
-            return _Pipeline(connection.sftp).read_files(files)
-
-        return self._call("read", _first(files), operation)
-
-    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
         def operation(connection: _Connection) -> None:
-            _Pipeline(connection.sftp).write_files(files)
+            connection.sftp.posix_rename(src, dst)
 
-        self._call("write", _first(files), operation)
+        self._call(f"rename {src!r} to", dst, operation, retry=False)
 
-    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
-        # not retried, as rename
-        connection = self._connection()
-        try:
-            _Pipeline(connection.sftp).rename_all(renames)
-        except _FileFailed as failed:
-            raise self._error(
-                failed.error, connection, f"rename {failed.path!r} to", failed.other
-            ) from failed.error
-        except _PARAMIKO_ERRORS as exc:
-            raise self._error(exc, connection, "rename", _first(renames)) from exc
-
-    def open_read(self, path: str, *, offset: int = 0, size: int | None = None) -> _SFTPStream:
+    def open_read(self, path: str, *, root: str, size: int, offset: int = 0) -> _SFTPStream:
         def operation(connection: _Connection) -> _SFTPStream:
             handle = connection.sftp.open(path, "rb", bufsize=0)
-            reader = _PipelinedReader(connection.sftp, handle, offset, size)
-            return _SFTPStream(self, connection, handle, path, "read", reader=reader)
+            try:
+                self._check_opened(connection.sftp, handle, root, path)
+                handle.seek(offset)
+            except BaseException:
+                handle.close()
+                raise
+            return _SFTPStream(self, connection, handle, path, "read", position=offset, end=size)
 
         return self._call("open", path, operation)
 
-    def open_write(self, path: str, *, offset: int = 0) -> _SFTPStream:
+    def open_write(
+        self, path: str, *, root: str, offset: int = 0, private: bool = False
+    ) -> _SFTPStream:
         def operation(connection: _Connection) -> _SFTPStream:
-            handle = connection.sftp.open(path, "r+b" if offset else "wb", bufsize=0)
-            handle.MAX_REQUEST_SIZE = SFTP_REQUEST_SIZE
-            handle.set_pipelined(True)
-            handle.seek(offset)
+            sftp = connection.sftp
+            # "x" adds O_EXCL, so nothing already there (a link above all) is written
+            # through; "w" is what makes paramiko's handle writable
+            mode = "r+b" if offset else "wxb"
+            try:
+                handle = sftp.open(path, mode, bufsize=0)
+            except OSError as exc:
+                existing = None if offset or exc.errno else _lstat_or_none(sftp, path)
+                if existing is not None and existing.is_symlink:
+                    raise link_refused(self.description, path) from None
+                if existing is not None:
+                    raise TransportError(
+                        f"{self.description}: {path!r} already exists where a new file is "
+                        "created; remove it",
+                        permanent=True,
+                    ) from None
+                raise
+            try:
+                self._check_opened(sftp, handle, root, path)
+                if private and not offset:
+                    # created with the SFTP server's umask; nothing is written before this
+                    handle.chmod(0o600)
+                handle.seek(offset)
+                handle.set_pipelined(True)
+            except BaseException:
+                handle.close()
+                raise
             return _SFTPStream(self, connection, handle, path, "write")
 
-        return self._call("open", path, operation)
+        # creating is not repeated after a lost connection: the first try may have created it
+        return self._call("open", path, operation, retry=bool(offset))
+
+    def _check_opened(
+        self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, root: str, path: str
+    ) -> None:
+        """Refuse unless ``handle`` is the regular file at ``path``, reached from ``root``
+        through real folders only.
+
+        SFTP version 3 opens follow links and its attributes carry no inode number, so
+        every level is ``lstat``-ed after the open, and the opened file's attributes must be
+        the ones found at its name. A link swapped in before the open and out again before
+        these checks goes unseen only if the file it led to looks the same; doing that takes
+        the files' owner (the folders an upload creates are readable by no one else).
+        """
+        for level in path_chain(root, path):
+            attrs = sftp.lstat(level)
+            mode = attrs.st_mode or 0
+            if stat.S_ISLNK(mode):
+                raise link_refused(self.description, level)
+            if level != path and not stat.S_ISDIR(mode):
+                raise TransportError(
+                    f"{self.description}: {level!r} is not a folder; remove it", permanent=True
+                )
+        if not stat.S_ISREG(mode):
+            raise TransportError(
+                f"{self.description}: {path!r} is not a regular file; remove it", permanent=True
+            )
+        if _identity(handle.stat()) != _identity(attrs):
+            raise TransportError(
+                f"{self.description}: {path!r} changed while it was opened (is something "
+                "moving files there?); will retry",
+                permanent=False,
+            )
 
 
 class _SFTPStream:
-    """An open remote file whose failures come out as :class:`TransportError`."""
+    """An open remote file whose failures come out as :class:`TransportError`.
+
+    Reading asks for at most ``PREFETCH_BYTES`` ahead and never past ``end``, the size the
+    file was listed with, one request's worth (``MAX_REQUEST_SIZE``) per paramiko read, so
+    every read is answered by exactly one prefetched request.
+    """
 
     def __init__(
         self,
@@ -677,27 +720,50 @@ class _SFTPStream:
         path: str,
         action: str,
         *,
-        reader: _PipelinedReader | None = None,
+        position: int = 0,
+        end: int = 0,
     ) -> None:
         self._owner = owner
         self._connection = connection
         self._handle = handle
         self._path = path
         self._action = action
-        self._reader = reader
+        self._position = position
+        self._end = end
+        self._prefetched = position  # the end of what was asked for
+        self._short = False
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes (at most one SFTP response); b"" at the end of the file."""
-        if self._reader is None:
+        """Up to ``size`` bytes; b"" at the end of the file (or at the size it was listed with)."""
+        if self._action != "read":
             raise ValueError(f"{self._path!r} is open for {self._action}")
+        request = self._handle.MAX_REQUEST_SIZE
+        pieces = []
         try:
-            return self._reader.read(size)
+            while size > 0 and not self._short and self._position < self._end:
+                if self._position == self._prefetched:
+                    self._prefetched = min(self._end, self._position + PREFETCH_BYTES)
+                    if self._prefetched - self._position > request:
+                        self._handle.prefetch(self._prefetched)
+                wanted = min(size, request, self._prefetched - self._position)
+                piece = self._handle.read(wanted)
+                # Shorter than asked: the file shrank. Stop here, since paramiko waits for
+                # answers to the rest of the prefetched requests, which never come.
+                self._short = len(piece) < wanted
+                pieces.append(piece)
+                self._position += len(piece)
+                size -= len(piece)
         except _PARAMIKO_ERRORS as exc:
             raise self._owner._error(exc, self._connection, "read", self._path) from exc
+        return b"".join(pieces)
 
     def write(self, data: bytes) -> None:
+        request = self._handle.MAX_REQUEST_SIZE
         try:
-            self._handle.write(data)
+            # one request per call: paramiko copies what is left of a longer buffer after
+            # each request it sends
+            for start in range(0, len(data), request):
+                self._handle.write(data[start : start + request])
         except _PARAMIKO_ERRORS as exc:
             raise self._owner._error(exc, self._connection, "write", self._path) from exc
 
@@ -732,238 +798,20 @@ class _SFTPStream:
             )
 
 
-class _Requests:
-    """SFTP requests sent without waiting for their answers, answered in any order.
-
-    This is the one place that uses paramiko's request/response internals
-    (``_async_request``/``_read_response``), which is why paramiko is pinned. An answer
-    that arrives while another one is awaited comes to ``_async_response`` and is kept.
-    """
-
-    def __init__(self, sftp: paramiko.SFTPClient) -> None:
-        self._sftp = sftp
-        self._arrived: dict[int, tuple[int, paramiko.Message]] = {}
-
-    def send(self, kind: int, *args: object) -> int:
-        return self._sftp._async_request(self, kind, *args)
-
-    def answer(self, number: int) -> tuple[int, paramiko.Message | None]:
-        """The answer to request ``number``; raises on an error status.
-
-        The status "end of file" is no error: it comes back as ``(CMD_STATUS, None)`` (a
-        lost connection raises an SSHException).
-        """
-        try:
-            if number not in self._arrived:
-                return self._sftp._read_response(number)
-            kind, message = self._arrived.pop(number)
-            if kind == CMD_STATUS:
-                self._sftp._convert_status(message)  # raises unless it is "OK"
-            return kind, message
-        except EOFError:
-            return CMD_STATUS, None
-
-    def _async_response(self, kind: int, message: paramiko.Message, number: int) -> None:
-        """paramiko's callback for an answer that arrived before the one being waited for."""
-        self._arrived[number] = (kind, message)
-
-
-class _PipelinedReader:
-    """Sequential SFTP reads with a fixed number of requests in flight.
-
-    paramiko's own ``prefetch`` requests the whole file at once and looks up every chunk
-    with a scan over everything buffered, which gets slower the more has arrived
-    (single-digit MB/s with a large window). A bounded window of requests, which OpenSSH
-    answers in order, keeps the link busy with constant memory.
-    """
-
-    def __init__(
-        self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, offset: int, size: int | None
-    ) -> None:
-        self._requests = _Requests(sftp)
-        self._handle = handle.handle
-        # a small file gets as many requests as it needs, not a full window of them
-        self._expected_end = size if size is not None else float("inf")
-        self._next_offset = offset  # of the next request to send
-        self._in_flight: deque[tuple[int, int, int]] = deque()  # (request, offset, length)
-        self._leftover = b""
-        self._eof = False
-
-    def read(self, size: int) -> bytes:
-        if not self._leftover and not self._eof:
-            self._leftover = self._next_chunk()
-        data, self._leftover = self._leftover[:size], self._leftover[size:]
-        return data
-
-    def _next_chunk(self) -> bytes:
-        while len(self._in_flight) < READ_REQUESTS_IN_FLIGHT and (
-            self._next_offset < self._expected_end or not self._in_flight
-        ):
-            self._request(self._next_offset, SFTP_REQUEST_SIZE)
-            self._next_offset += SFTP_REQUEST_SIZE
-        number, offset, length = self._in_flight.popleft()
-        data = self._response(number)
-        if not data:
-            self._eof = True
-            self._discard_in_flight()
-        elif len(data) < length:
-            # short read before the end: the requests after it are for the wrong offsets
-            self._discard_in_flight()
-            self._next_offset = offset + len(data)
-        return data
-
-    def _request(self, offset: int, length: int) -> None:
-        number = self._requests.send(CMD_READ, self._handle, int64(offset), length)
-        self._in_flight.append((number, offset, length))
-
-    def _response(self, number: int) -> bytes:
-        kind, message = self._requests.answer(number)
-        if message is None:
-            return b""  # SFTP status EOF: reading at or past the end
-        if kind != CMD_DATA:
-            raise SFTPError(f"expected data, got SFTP message type {kind}")
-        return message.get_string()
-
-    def _discard_in_flight(self) -> None:
-        # wait for the answers to requests we no longer want, so that none is mistaken for
-        # the answer to a new request; they are all EOF or data we will ask for again
-        while self._in_flight:
-            number, _, _ = self._in_flight.popleft()
-            self._response(number)
-
-
-class _FileFailed(Exception):
-    """The request about ``path`` (one of many in flight) failed with ``error``."""
-
-    def __init__(self, error: BaseException, path: str, other: str = "") -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.path = path
-        self.other = other
-
-
-_Reply = Callable[[int, "paramiko.Message | None"], None]
-
-
-class _Pipeline:
-    """Many small SFTP requests in flight, each answer handled by its own callback.
-
-    A file's open is answered with a handle; its callback then sends the read or write and
-    the close, so a window of files costs about one round trip, not three per file. After
-    the first failure no new file is started, every request in flight is still waited for
-    and every handle opened is closed, then the failure is raised as :class:`_FileFailed`.
-    """
-
-    def __init__(self, sftp: paramiko.SFTPClient) -> None:
-        self._sftp = sftp
-        self._requests = _Requests(sftp)
-        self._in_flight: deque[tuple[int, str, str, _Reply]] = deque()  # number, paths, reply
-        self._failure: _FileFailed | None = None
-
-    def read_files(self, files: Sequence[tuple[str, int]]) -> list[bytes]:
-        contents = [b""] * len(files)
-
-        def start(index: int) -> None:
-            path, size = files[index]
-            if size > SFTP_REQUEST_SIZE:
-                raise ValueError(f"{path!r}: {size} bytes is more than one request")
-
-            def opened(handle: bytes) -> None:
-                def data(kind: int, message: paramiko.Message | None) -> None:
-                    # end of file (shorter than expected) reads as b""; the caller checks
-                    contents[index] = message.get_string() if message and kind == CMD_DATA else b""
-
-                if size:
-                    self._send(path, data, CMD_READ, handle, int64(0), size)
-                self._close(path, handle)
-
-            self._open(path, SFTP_FLAG_READ, opened)
-
-        self._run(len(files), start)
-        return contents
-
-    def write_files(self, files: Sequence[tuple[str, bytes]]) -> None:
-        def start(index: int) -> None:
-            path, data = files[index]
-            if len(data) > SFTP_REQUEST_SIZE:
-                raise ValueError(f"{path!r}: {len(data)} bytes is more than one request")
-
-            def opened(handle: bytes) -> None:
-                if data:
-                    self._send(path, _ok, CMD_WRITE, handle, int64(0), data)
-                self._close(path, handle)
-
-            flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
-            self._open(path, flags, opened)
-
-        self._run(len(files), start)
-
-    def rename_all(self, renames: Sequence[tuple[str, str]]) -> None:
-        def start(index: int) -> None:
-            src, dst = renames[index]
-            self._send(src, _ok, CMD_EXTENDED, "posix-rename@openssh.com", src, dst, other=dst)
-
-        self._run(len(renames), start)
-
-    def _open(self, path: str, flags: int, opened: Callable[[bytes], None]) -> None:
-        def reply(kind: int, message: paramiko.Message | None) -> None:
-            if kind != CMD_HANDLE or message is None:
-                raise SFTPError(f"expected a handle, got SFTP message type {kind}")
-            handle = message.get_binary()
-            if self._failure is None:
-                opened(handle)
-            else:
-                self._close(path, handle)  # something failed meanwhile: only close it
-
-        self._send(path, reply, CMD_OPEN, path, flags, paramiko.SFTPAttributes())
-
-    def _close(self, path: str, handle: bytes) -> None:
-        self._send(path, _ok, CMD_CLOSE, handle)
-
-    def _send(self, path: str, reply: _Reply, kind: int, *args: object, other: str = "") -> None:
-        self._in_flight.append((self._requests.send(kind, *args), path, other, reply))
-
-    def _run(self, count: int, start: Callable[[int], None]) -> None:
-        started = 0
-        while True:
-            while (
-                self._failure is None
-                and started < count
-                and len(self._in_flight) < SMALL_FILE_REQUESTS_IN_FLIGHT
-            ):
-                start(started)
-                started += 1
-            if not self._in_flight:
-                break
-            number, path, other, reply = self._in_flight.popleft()
-            try:
-                reply(*self._requests.answer(number))
-            except _PARAMIKO_ERRORS as exc:  # the server said no, or the connection is gone
-                if self._failure is None:
-                    self._failure = _FileFailed(exc, path, other)
-                if self._sftp.sock.closed or not self._sftp.sock.get_transport().is_active():
-                    break  # nothing more will be answered
-        if self._failure is not None:
-            raise self._failure
-
-
-def _ok(kind: int, message: paramiko.Message | None) -> None:
-    """A status answer: an error status was already raised while reading it."""
-
-
-def _first(items: Sequence[tuple[str, object]]) -> str:
-    return items[0][0] if items else ""
-
-
 def _file_stat(name: str, attrs: paramiko.SFTPAttributes) -> FileStat:
     return FileStat(name=name, size=attrs.st_size or 0, mode=attrs.st_mode or 0)
 
 
-def _stat_or_none(sftp: paramiko.SFTPClient, path: str) -> FileStat | None:
+def _lstat_or_none(sftp: paramiko.SFTPClient, path: str) -> FileStat | None:
     try:
-        return _file_stat(path, sftp.stat(path))
+        return _file_stat(path, sftp.lstat(path))
     except FileNotFoundError:
         return None
+
+
+def _identity(attrs: paramiko.SFTPAttributes) -> tuple[object, ...]:
+    """What SFTP tells about a file that a swap for another file would change."""
+    return (attrs.st_mode, attrs.st_uid, attrs.st_gid, attrs.st_size, attrs.st_mtime)
 
 
 def _drain(channel: paramiko.Channel, stdout: bytearray, stderr: bytearray) -> None:

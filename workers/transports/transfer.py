@@ -9,15 +9,18 @@ primitives (list, stat, open, rename...). For every file:
   batched), so a reader of the destination never sees a partial or corrupt file;
 - a ``.mqi-part`` left by an interrupted transfer is continued from its current size (the
   final check covers the continued part too; on a mismatch the file is sent once more from
-  scratch); small files (at most ``SMALL_FILE_BYTES``) are always sent whole, many at a
-  time (:meth:`Transport.read_files` / :meth:`Transport.write_files`: over SSH one round
-  trip per window of files instead of three per file), and renamed many at a time;
+  scratch); small files (at most ``SMALL_FILE_BYTES``) are always sent whole;
 - a file already in place with the same size and hash is not sent again, so re-running a
   finished transfer only costs the listing and the hashing.
 
-Paths are confined to the two roots: roots with ``..`` are refused, symlinks are followed
-only while they stay inside their tree, and nothing is written through a symlink that leaves
-the destination tree.
+Paths are confined to the two roots. Roots with ``..`` are refused; the destination folder
+and a source folder on the far side must not be symbolic links (the local folder of an
+upload is resolved once: the scanner accepts case folders linked inside the watch folder).
+In the source tree a link is followed when it stays inside the tree, by reading the file it
+resolves to; every file is then read through real folders only, and a folder swapped for a
+link after the listing is refused (:meth:`Transport.open_read`). In the destination tree no
+link is followed or written through. An upload's folders and files are created readable by
+their owner only: they hold patient data on a shared GPU server.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.transports.base import FileDigest, FileStat, Transport, TransportError, WriteStream
+from workers.transports.base import (
+    FileDigest,
+    FileStat,
+    ReadStream,
+    Transport,
+    TransportError,
+    WriteStream,
+)
 from workers.transports.local import LocalTransport
 
 logger = logging.getLogger(__name__)
@@ -44,10 +54,8 @@ PART_SUFFIX = ".mqi-part"
 CHUNK_SIZE = 1024 * 1024
 # chunks read ahead of the hashing and writing (bounded memory: CHUNK_SIZE each)
 CHUNKS_AHEAD = 8
-# files up to this size are read and written whole, a group at a time (one SFTP request each)
-SMALL_FILE_BYTES = 252 * 1024
-SMALL_GROUP_FILES = 64
-SMALL_GROUP_BYTES = 8 * 1024 * 1024
+# files up to this size are read and written whole, with no helper thread
+SMALL_FILE_BYTES = 256 * 1024
 # files are verified and renamed in groups: one checksum command per group
 VERIFY_BATCH_FILES = 500
 VERIFY_BATCH_BYTES = 1024 * 1024 * 1024
@@ -92,7 +100,7 @@ def upload_tree(
     ``on_progress`` is called with the report so far after every chunk and file sent (a
     long transfer uses it to tell the conductor it is alive)."""
     local = LocalTransport()
-    source = _Tree(local, _local_root(local_dir), local=True)
+    source = _Tree(local, os.path.realpath(_local_root(local_dir)), local=True)
     destination = _Tree(transport, _remote_root(remote_dir, transport), local=False)
     return _Copy(source, destination, on_progress).run()
 
@@ -198,6 +206,7 @@ class _File:
     final: str
     part: str
     offset: int = 0  # bytes of .mqi-part kept from an earlier attempt
+    part_exists: bool = False  # a .mqi-part is there (kept or written): remove it to restart
     attempts: int = 0
     local_sha256: str = ""
 
@@ -213,7 +222,9 @@ class _Copy:
         self.on_progress = on_progress
         self.near, self.far = (source, destination) if source.local else (destination, source)
         self.report = TransferReport()
-        self._destination_real = ""
+        # uploads put patient data on a shared server: readable by its owner only
+        self.private = source.local
+        self._source_real = ""  # the source root with its parents' links resolved
 
     def run(self) -> TransferReport:
         started = time.monotonic()
@@ -243,36 +254,44 @@ class _Copy:
     # -- source ----------------------------------------------------------------------------
 
     def _walk_source(self) -> tuple[list[str], list[tuple[str, int, str]]]:
-        """Folders and ``(relative path, size, absolute path)`` of files, symlinks confined."""
+        """Folders and ``(relative path, size, path to read)`` of files.
+
+        The path to read goes through real folders below the resolved root only: a link
+        inside the tree is replaced by what it resolves to, if that is inside the tree.
+        """
         tree = self.source
-        root_stat = tree.fs.stat(tree.root)
+        root_stat = tree.fs.lstat(tree.root)
         if root_stat is None:
             raise _refuse(f"{tree.where}: source folder {tree.root!r} does not exist")
+        if root_stat.is_symlink:
+            raise _refuse(
+                f"{tree.where}: source folder {tree.root!r} is a symbolic link; it is not "
+                "followed: point the transfer at the folder itself"
+            )
         if not root_stat.is_dir:
             raise _refuse(f"{tree.where}: source {tree.root!r} is not a folder")
-        root_real = tree.fs.realpath(tree.root)
+        self._source_real = root_real = tree.fs.realpath(tree.root)
         folders: list[str] = []
         files: list[tuple[str, int, str]] = []
-        pending = [("", tree.root, root_real)]
+        pending = [("", root_real)]
         while pending:
-            relative_dir, path_dir, real_dir = pending.pop()
-            for entry in sorted(tree.fs.listdir(path_dir), key=lambda e: e.name):
+            relative_dir, real_dir = pending.pop()
+            for entry in sorted(tree.fs.listdir(real_dir), key=lambda e: e.name):
                 if is_part_name(entry.name):
                     continue  # our own leftovers are never data
-                self._check_name(entry.name, path_dir)
+                self._check_name(entry.name, real_dir)
                 relative = posixpath.join(relative_dir, entry.name)
-                path = posixpath.join(path_dir, entry.name)
                 kind, real = entry, posixpath.join(real_dir, entry.name)
                 if entry.is_symlink:
-                    kind, real = self._follow_source_link(path, real_dir, root_real)
+                    kind, real = self._follow_source_link(real, real_dir, root_real)
                 if kind.is_dir:
                     folders.append(relative)
-                    pending.append((relative, path, real))
+                    pending.append((relative, real))
                 elif kind.is_file:
-                    files.append((relative, kind.size, path))
+                    files.append((relative, kind.size, real))
                 else:
                     raise _refuse(
-                        f"{tree.where}: {path!r} is neither a file nor a folder "
+                        f"{tree.where}: {real!r} is neither a file nor a folder "
                         "(device, socket or pipe); remove it from the folder"
                     )
         return folders, files
@@ -307,12 +326,14 @@ class _Copy:
 
     def _prepare_destination(self, folders: Sequence[str]) -> None:
         tree = self.destination
-        self._make_folder_with_parents(tree.root)
-        self._destination_real = tree.fs.realpath(tree.root)
+        self._make_parents(posixpath.dirname(tree.root))
+        # mkdir refuses a link, at the root and below: nothing is written through one
+        tree.fs.mkdir(tree.root, private=self.private)
         for relative in folders:
-            self._make_folder(posixpath.join(tree.root, relative))
+            tree.fs.mkdir(posixpath.join(tree.root, relative), private=self.private)
 
-    def _make_folder_with_parents(self, path: str) -> None:
+    def _make_parents(self, path: str) -> None:
+        """``mkdir -p`` of the destination's parent (links among the parents are fine)."""
         existing = self.destination.fs.stat(path)
         if existing is not None:
             if existing.is_dir:
@@ -320,24 +341,8 @@ class _Copy:
             raise _refuse(f"{self.destination.where}: {path!r} exists and is not a folder")
         parent = posixpath.dirname(path)
         if parent != path:
-            self._make_folder_with_parents(parent)
-        self.destination.fs.mkdir(path)
-
-    def _make_folder(self, path: str) -> None:
-        tree = self.destination
-        existing = tree.fs.lstat(path)
-        if existing is None:
-            tree.fs.mkdir(path)
-        elif existing.is_symlink:
-            real = tree.fs.realpath(path)
-            target = tree.fs.stat(path)
-            if not _inside(real, self._destination_real) or target is None or not target.is_dir:
-                raise _refuse(
-                    f"{tree.where}: {path!r} is a symlink to {real!r}, outside "
-                    f"{tree.root!r} or not a folder; remove it"
-                )
-        elif not existing.is_dir:
-            raise _refuse(f"{tree.where}: {path!r} exists and is not a folder; remove it")
+            self._make_parents(parent)
+        self.destination.fs.mkdir(path, private=self.private)
 
     def _plan(self, files: Sequence[tuple[str, int, str]]) -> tuple[list[_File], list[_File]]:
         """Every file with its destination names and how much of it is already there, and
@@ -367,6 +372,7 @@ class _Copy:
             part = listings[folder].get(part_name(name))
             if part is not None and part.is_file and part.size <= size:
                 item.offset = part.size
+                item.part_exists = True
             elif part is not None:
                 # a symlink or something bigger: never append through or to it
                 tree.fs.remove(item.part)
@@ -408,7 +414,7 @@ class _Copy:
             self.report.files_skipped += 1
             self.report.bytes_skipped += item.size
             self.report.verified.append((item.relative, item.size, in_place[id(item)]))
-            if item.offset:
+            if item.part_exists:
                 self.destination.fs.remove(item.part)  # a stale attempt of a file now in place
         return remaining
 
@@ -429,10 +435,10 @@ class _Copy:
         self, batch: list[_File], far_digests: Future[dict[str, FileDigest | None]] | None
     ) -> None:
         large = [item for item in batch if item.size > SMALL_FILE_BYTES]
-        groups = _small_groups(batch)
-        if far_digests is not None or not large or not groups:
+        small = [item for item in batch if item.size <= SMALL_FILE_BYTES]
+        if far_digests is not None or not large or not small:
             self._send_large(large)
-            self._send_small_groups(groups)
+            self._send_small(small)
             self._verify_and_publish(batch, far_digests)
             return
         # Uploading both: the far side hashes the large files (a helper thread, its own
@@ -444,8 +450,8 @@ class _Copy:
             self._send_large(large)
             large_digests = helper.submit(self._far_digests, large)
             work.append(large_digests)
-            self._send_small_groups(groups)
-            small_digests = self._far_digests([item for group in groups for item in group])
+            self._send_small(small)
+            small_digests = self._far_digests(small)
             digests: Future[dict[str, FileDigest | None]] = Future()
             digests.set_result({**large_digests.result(), **small_digests})
         finally:
@@ -470,9 +476,9 @@ class _Copy:
             if self.on_progress is not None:
                 self.on_progress(self.report)
 
-    def _send_small_groups(self, groups: list[list[_File]]) -> None:
-        for group in groups:
-            self._send_small(group)
+    def _send_small(self, items: list[_File]) -> None:
+        for item in items:
+            self._send_whole(item)
             if self.on_progress is not None:
                 self.on_progress(self.report)
 
@@ -490,12 +496,12 @@ class _Copy:
             digest = hashlib.sha256()
         remaining = item.size - item.offset
         # Hashing and writing a chunk happen in a helper thread while the next chunk is
-        # read (both release the GIL): 500 MB downloads in ~2.2 s instead of ~2.5 s here.
-        # The helper is the innermost context, so its writes end before the files close.
+        # read (both release the GIL). The helper is the innermost context, so its writes
+        # end before the files close.
         written: deque[Future[None]] = deque()
         with (
-            self.source.fs.open_read(item.source, offset=item.offset, size=item.size) as reader,
-            self.destination.fs.open_write(item.part, offset=item.offset) as writer,
+            self._open_source(item, offset=item.offset) as reader,
+            self._open_part(item) as writer,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqi-write") as helper,
         ):
             while remaining > 0:
@@ -517,23 +523,39 @@ class _Copy:
                 written.popleft().result()
         item.local_sha256 = digest.hexdigest()
 
-    def _send_small(self, group: list[_File]) -> None:
-        """Send small files whole, the whole group at once (a kept part is written over)."""
-        contents = self.source.fs.read_files([(item.source, item.size) for item in group])
-        for item, data in zip(group, contents, strict=True):
-            if len(data) != item.size:
-                raise TransportError(
-                    f"{self.source.where}: {item.source!r} became shorter while being "
-                    "copied; is something still writing it? will retry",
-                    permanent=False,
-                )
-            item.attempts += 1
-            item.offset = 0
-            item.local_sha256 = hashlib.sha256(data).hexdigest()
-        self.destination.fs.write_files(
-            [(item.part, data) for item, data in zip(group, contents, strict=True)]
+    def _send_whole(self, item: _File) -> None:
+        """Send a small file in one read and one write (a kept part is started over)."""
+        with self._open_source(item) as reader:
+            data = reader.read(item.size)
+        if len(data) != item.size:
+            raise TransportError(
+                f"{self.source.where}: {item.source!r} became shorter while being "
+                "copied; is something still writing it? will retry",
+                permanent=False,
+            )
+        item.attempts += 1
+        item.offset = 0
+        item.local_sha256 = hashlib.sha256(data).hexdigest()
+        with self._open_part(item) as writer:
+            writer.write(data)
+        self.report.bytes_sent += item.size
+
+    def _open_source(self, item: _File, *, offset: int = 0) -> ReadStream:
+        return self.source.fs.open_read(
+            item.source, root=self._source_real, size=item.size, offset=offset
         )
-        self.report.bytes_sent += sum(item.size for item in group)
+
+    def _open_part(self, item: _File) -> WriteStream:
+        """The part to write from ``item.offset``; from 0, an earlier part is removed first
+        (a new part is created exclusively, never written through what is there)."""
+        tree = self.destination
+        if not item.offset and item.part_exists:
+            tree.fs.remove(item.part)
+        writer = tree.fs.open_write(
+            item.part, root=tree.root, offset=item.offset, private=self.private
+        )
+        item.part_exists = True
+        return writer
 
     def _hash_kept_part(self, item: _File) -> hashlib._Hash | None:
         """The hash of the first ``offset`` bytes on the local side; None if they are not there.
@@ -542,9 +564,12 @@ class _Copy:
         downloading, the local part itself.
         """
         digest = hashlib.sha256()
-        path = item.source if self.source.local else item.part
         remaining = item.offset
-        with self.near.fs.open_read(path, size=item.offset) as reader:
+        if self.source.local:
+            reader = self._open_source(item)
+        else:
+            reader = self.near.fs.open_read(item.part, root=self.near.root, size=item.offset)
+        with reader:
             while remaining > 0:
                 chunk = reader.read(min(CHUNK_SIZE, remaining))
                 if not chunk:
@@ -585,7 +610,9 @@ class _Copy:
                     item.offset,
                 )
                 mismatched.append(item)
-        self.destination.fs.rename_all([(item.part, item.final) for item in verified])
+        for item in verified:
+            self.destination.fs.rename(item.part, item.final)
+            item.part_exists = False
         self.report.verified += [(item.relative, item.size, item.local_sha256) for item in verified]
         if still_differs is not None:
             raise still_differs
@@ -618,12 +645,6 @@ def _batches(items: list[_File]) -> list[list[_File]]:
 def _hash_and_write(digest: hashlib._Hash, writer: WriteStream, chunk: bytes) -> None:
     digest.update(chunk)
     writer.write(chunk)
-
-
-def _small_groups(batch: list[_File]) -> list[list[_File]]:
-    """The batch's small files in groups sent at once, bounded in count and bytes."""
-    small = [item for item in batch if item.size <= SMALL_FILE_BYTES]
-    return _groups(small, files=SMALL_GROUP_FILES, size=SMALL_GROUP_BYTES)
 
 
 def _digest_timeout(total_bytes: int) -> float:
