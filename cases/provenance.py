@@ -37,7 +37,9 @@ def run_paths(case: Case, run: CaseRun | None = None) -> RunPaths | None:
     if run is None:
         return None
     try:
-        return get_config().run_paths(case.case_id, run.number)
+        config = get_config()
+        host = run.host or case.host or config.default_host
+        return config.run_paths(case.case_id, run.number, host)
     except ValueError:  # a forged case id: no folder was ever made for it
         return None
 

@@ -22,12 +22,19 @@ class StepStatus(TextChoices):
     PENDING = "PENDING", "Waiting for a GPU"
     DISPATCHED = "DISPATCHED"
     RUNNING = "RUNNING"
+    # its GPU server cannot be reached: it keeps its GPU and goes on when the server is back
+    WAITING_HOST = "WAITING_HOST", "Waiting for its GPU server"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
 
 
-ACTIVE_STEP_STATUSES = (StepStatus.PENDING, StepStatus.DISPATCHED, StepStatus.RUNNING)
+ACTIVE_STEP_STATUSES = (
+    StepStatus.PENDING,
+    StepStatus.DISPATCHED,
+    StepStatus.RUNNING,
+    StepStatus.WAITING_HOST,
+)
 # In flight: sent to a worker (a PENDING run waits for a GPU and has not been sent).
 IN_FLIGHT_STEP_STATUSES = (StepStatus.DISPATCHED, StepStatus.RUNNING)
 ACTIVE_CASE_STATUSES = (CaseStatus.NEW, CaseStatus.PENDING_RESOURCE, CaseStatus.PROCESSING)

@@ -75,6 +75,16 @@ def _step_failed(command: str, payload: dict[str, Any]) -> None:
     transitions.step_run_failed(step_run_id=step_run_id, command=command, outcome=payload)
 
 
+def _host_unreachable(command: str, payload: dict[str, Any]) -> None:
+    transitions.host_unreachable(
+        host=_require(payload, "host", str), error=str(payload.get("error") or "")
+    )
+
+
+def _host_reachable(command: str, payload: dict[str, Any]) -> None:
+    transitions.host_reachable(host=_require(payload, "host", str))
+
+
 def _reconcile(command: str, payload: dict[str, Any]) -> None:
     reconcile.reconcile(startup=bool(payload.get("startup")))
 
@@ -87,6 +97,8 @@ HANDLERS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     Command.EXECUTION_FAILED: _step_failed,
     Command.FILE_TRANSFER_FAILED: _step_failed,
     Command.RECONCILE: _reconcile,
+    Command.HOST_UNREACHABLE: _host_unreachable,
+    Command.HOST_REACHABLE: _host_reachable,
 }
 
 

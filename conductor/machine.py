@@ -12,6 +12,11 @@ treatment beam for a step that fans out); a step run that needs a GPU and gets n
 as PENDING, and a case whose active runs all wait is "waiting for a GPU".  Under the
 ``every_step`` policy a case keeps its GPU from its first step to its last (each step run
 hands it to the next); under ``execute_steps`` only execute steps hold one.
+
+A GPU server that cannot be reached is an outage, not a failure of the case: no attempt is
+spent on it.  A case that has not run anything on that server yet starts again on another
+one that is up; any other waits (WAITING_HOST, keeping its GPU) and goes on when the server
+is back, unless the outage lasts longer than the server's ``max_outage_sec``.
 """
 
 from __future__ import annotations
@@ -72,6 +77,10 @@ class CaseState:
     beams: tuple[Beam, ...] = ()
     error_kind: str = ""
     run_number: int = 0  # the case's current run; 0 before its first
+    host: str = ""  # the GPU server the current run is on ("" before its first step)
+    host_up: bool = True
+    elsewhere: bool = False  # another GPU server is up
+    executed: bool = False  # an execute step of the current run was sent to its server
     backoff_base_sec: float = 2.0
     backoff_max_sec: float = 300.0
 
@@ -139,7 +148,39 @@ class Stalled:
     """The reconciler: the case is active but has no step run at all (a repair)."""
 
 
-Event = Found | Succeeded | Failed | Silent | Restart | Cancel | Stalled
+@dataclass(frozen=True)
+class HostDown:
+    """The case's GPU server was found unreachable (by a worker, discovery or the probe)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostBack:
+    """The case's GPU server can be reached again."""
+
+
+@dataclass(frozen=True)
+class HostGone:
+    """The case's GPU server has been down longer than its ``max_outage_sec``."""
+
+    since: str
+    limit_sec: float
+    reason: str
+
+
+Event = (
+    Found
+    | Succeeded
+    | Failed
+    | Silent
+    | Restart
+    | Cancel
+    | Stalled
+    | HostDown
+    | HostBack
+    | HostGone
+)
 
 
 # --- what the machine decides ------------------------------------------------------------
@@ -190,6 +231,7 @@ class Plan:
     release: list[int] = field(default_factory=list)  # step runs whose GPUs go free
     kill: list[int] = field(default_factory=list)  # execute runs whose processes must die
     redrive: list[int] = field(default_factory=list)  # step runs whose command is re-sent
+    wait_host: list[int] = field(default_factory=list)  # step runs that wait for their server
     notes: list[Note] = field(default_factory=list)
 
     @property
@@ -215,6 +257,12 @@ def decide(state: CaseState, event: Event) -> Plan:
             return _cancel(state, event)
         case Stalled():
             return _stalled(state)
+        case HostDown():
+            return _host_down(state, event)
+        case HostBack():
+            return _host_back(state)
+        case HostGone():
+            return _host_gone(state, event)
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -284,6 +332,8 @@ def _succeeded(state: CaseState, event: Succeeded) -> Plan:
 
 def _failed(state: CaseState, event: Failed) -> Plan:
     run = event.run
+    if event.kind == ErrorKind.UNREACHABLE:
+        return _unreachable(state, run, event.reason)
     spec = state.spec(run.name)
     tries = state.tries.get(run.key, run.attempt)
     finish = Finish(run.id, StepStatus.FAILED, event.kind, event.reason)
@@ -386,6 +436,68 @@ def _stalled(state: CaseState) -> Plan:
     if state.status == CaseStatus.NEW:
         plan.new_run = "found in the watch directory"
     plan.notes.append(Note("stalled", f"nothing was running for {spec.name}; started it again"))
+    return plan
+
+
+def _unreachable(state: CaseState, run: StepRun, reason: str) -> Plan:
+    if _movable(state):
+        return _move(
+            state, reason, ended=Finish(run.id, StepStatus.FAILED, ErrorKind.UNREACHABLE, reason)
+        )
+    said = (
+        f"{_named(run)}: {state.host or 'its GPU server'} cannot be reached ({reason}); "
+        "it waits for the server and goes on when it is back (no attempt spent)"
+    )
+    return Plan(wait_host=[run.id], notes=[Note("waiting_for_host", said, run.id)])
+
+
+def _host_down(state: CaseState, event: HostDown) -> Plan:
+    if state.terminal or not _movable(state):
+        return Plan()  # its step runs find out for themselves, and wait
+    return _move(state, event.reason)
+
+
+def _host_back(state: CaseState) -> Plan:
+    waiting = [run for run in state.active if run.status == StepStatus.WAITING_HOST]
+    if not waiting:
+        return Plan()
+    said = f"{state.host} can be reached again: " + ", ".join(
+        f"{_named(run)} goes on" for run in waiting
+    )
+    return Plan(redrive=[run.id for run in waiting], notes=[Note("host_back", said)])
+
+
+def _host_gone(state: CaseState, event: HostGone) -> Plan:
+    if state.terminal:
+        return Plan()
+    message = (
+        f"GPU server {state.host} has been unreachable since {event.since}, longer than its "
+        f"hosts.{state.host}.max_outage_sec ({event.limit_sec:g} s); last error: {event.reason}"
+    )
+    return _end(state, CaseStatus.FAILED, ErrorKind.UNREACHABLE, message, Note("failed", message))
+
+
+def _movable(state: CaseState) -> bool:
+    """Nothing of the current run has run on its server (an upload can always be done
+    again elsewhere), and another server is up to take it."""
+    return state.elsewhere and not state.executed and state.steps is not None
+
+
+def _move(state: CaseState, reason: str, *, ended: Finish | None = None) -> Plan:
+    """Start again, in a new run, on a server that is up."""
+    why = (
+        f"{state.host or 'its GPU server'} cannot be reached ({reason}); starting again on "
+        "another GPU server"
+    )
+    assert state.steps is not None
+    plan = _begin(state, state.steps[0])
+    others = [run for run in state.active if ended is None or run.id != ended.run]
+    plan.finish = [*([ended] if ended else [])] + [
+        Finish(run.id, StepStatus.CANCELLED, ErrorKind.UNREACHABLE, why) for run in others
+    ]
+    plan.release = _held(state.active)
+    plan.new_run = why
+    plan.notes.append(Note("moved", f"run {state.run_number + 1}: {why}"))
     return plan
 
 

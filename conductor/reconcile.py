@@ -75,6 +75,7 @@ def reconcile(*, startup: bool = False) -> ReconcileReport:
     for case in stalled_cases():
         transitions.advance_workflow(case.pk, skip_locked=True)
         report.advanced.append(case.case_id)
+    report.failed += transitions.host_outages()
     report.gpus_repaired = transitions.gpu_repair_bookings()
     report.waiting_started = transitions.advance_waiting()
     if report:

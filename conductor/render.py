@@ -14,7 +14,7 @@ def render_command(case: Case, run: WorkflowStep, gpu: GPUResource | None, confi
     """The command of an execute step run ("" for other steps)."""
     if run.type != "execute":
         return ""
-    paths = config.run_paths(case.case_id, case.current_run.number)
+    paths = config.run_paths(case.case_id, case.current_run.number, case.host)
     return fill_template(
         config.remote_commands[run.name],
         {

@@ -30,7 +30,18 @@ from conductor import machine, notifications
 from conductor.machine import Refused
 from conductor.render import render_command
 from gpus.models import GPUResource
-from gpus.services import free_gpu_exists, gpus_held, hand_over, release_gpus, reserve_gpu
+from gpus.services import (
+    free_gpu_exists,
+    free_gpus,
+    gpus_held,
+    hand_over,
+    host_is_up,
+    host_mark_down,
+    host_mark_up,
+    hosts_down,
+    release_gpus,
+    reserve_gpu,
+)
 from mqi_site.config import Config, case_id_path_problem, get_config
 from mqi_site.messaging import (
     NOTIFIER,
@@ -128,6 +139,8 @@ def step_run_failed(*, step_run_id: int, command: str, outcome: dict[str, Any]) 
             return False
         case, run = locked
         _record_outcome(run, outcome)
+        if kind == ErrorKind.UNREACHABLE and host_mark_down(run.host, reason):
+            transaction.on_commit(lambda host=run.host, why=reason: _host_went_down(host, why))
         _decide_and_apply(case, machine.Failed(_view(run), kind, reason), config)
     return True
 
@@ -193,6 +206,73 @@ def advance_waiting(*, limit: int = 200) -> int:
         if _start_waiting(run_pk, case_pk):
             started += 1
     return started
+
+
+def host_unreachable(*, host: str, error: str) -> None:
+    """GPU discovery or the probe could not reach ``host``: no GPU of it is handed out, and
+    the cases that have run nothing there yet start again on a server that is up."""
+    with transaction.atomic():
+        went_down = host_mark_down(host, error)
+    if went_down:
+        _host_went_down(host, error)
+
+
+def host_reachable(*, host: str) -> None:
+    """``host`` can be reached again: the step runs waiting for it go on, and its free GPUs
+    go to the step runs waiting for one."""
+    with transaction.atomic():
+        host_mark_up(host)
+    config = get_config()
+    waiting = WorkflowStep.objects.filter(status=WorkflowStep.Status.WAITING_HOST, host=host)
+    for case_pk in waiting.values_list("case_id", flat=True).distinct():
+        with transaction.atomic():
+            _decide_and_apply(_lock_case(case_pk), machine.HostBack(), config)
+    advance_waiting()
+
+
+def host_outages(*, now=None) -> list[str]:
+    """Fail the cases that wait for a server down longer than its ``max_outage_sec``; and
+    send on the step runs waiting for a server that is up again (a lost message).  Returns
+    the case ids failed."""
+    config = get_config()
+    now = now or timezone.now()
+    failed = []
+    down = hosts_down()
+    for host in down.values():
+        spec = config.hosts.get(host.name)
+        limit = spec.max_outage_sec if spec is not None else 0
+        if now - host.down_since <= timedelta(seconds=limit):
+            continue
+        event = machine.HostGone(
+            timezone.localtime(host.down_since).isoformat(timespec="seconds"),
+            limit,
+            host.last_error,
+        )
+        for case_pk in Case.objects.filter(status__in=Case.ACTIVE, host=host.name).values_list(
+            "pk", flat=True
+        ):
+            with transaction.atomic():
+                case = _lock_case(case_pk)
+                _decide_and_apply(case, event, config)
+                failed += [case.case_id] if case.status == Case.Status.FAILED else []
+    stranded = WorkflowStep.objects.filter(status=WorkflowStep.Status.WAITING_HOST).exclude(
+        host__in=list(down)
+    )
+    for case_pk in stranded.values_list("case_id", flat=True).distinct():
+        with transaction.atomic():
+            _decide_and_apply(_lock_case(case_pk), machine.HostBack(), config)
+    return failed
+
+
+def _host_went_down(host: str, reason: str) -> None:
+    config = get_config()
+    for case_pk in Case.objects.filter(status__in=Case.ACTIVE, host=host).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            case = _lock_case(case_pk)
+            if case.host == host:
+                _decide_and_apply(case, machine.HostDown(reason), config)
 
 
 def gpu_repair_bookings() -> int:
@@ -297,6 +377,13 @@ def _state(case: Case, config: Config) -> machine.CaseState:
     for row in counts.filter(run_id=case.current_run_id) if case.current_run_id else []:
         tries[(row["name"], row["beam_number"])] = row["tries"]
     attempts = {(row["name"], row["beam_number"]): row["last"] for row in counts}
+    down = hosts_down()
+    executed = (
+        bool(case.current_run_id)
+        and case.steps.filter(
+            run_id=case.current_run_id, type="execute", dispatched_at__isnull=False
+        ).exists()
+    )
     return machine.CaseState(
         status=case.status,
         step=case.workflow_step,
@@ -309,6 +396,10 @@ def _state(case: Case, config: Config) -> machine.CaseState:
         beams=tuple(machine.Beam(b["number"], b.get("name", "")) for b in case.beams),
         error_kind=case.error_kind,
         run_number=case.current_run.number if case.current_run_id else 0,
+        host=case.host,
+        host_up=case.host not in down,
+        elsewhere=any(name not in down for name in config.hosts if name != case.host),
+        executed=executed,
         backoff_base_sec=config.retries.backoff_base_sec,
         backoff_max_sec=config.retries.backoff_max_sec,
     )
@@ -361,6 +452,10 @@ def _apply(case: Case, plan: machine.Plan, config: Config) -> None:
             )
     for run_pk in plan.redrive:
         _redrive(case, run_pk, config, now)
+    for run_pk in plan.wait_host:
+        WorkflowStep.objects.filter(pk=run_pk, status__in=WorkflowStep.IN_FLIGHT).update(
+            status=WorkflowStep.Status.WAITING_HOST, deadline=None
+        )
     for run_pk in plan.kill:
         send_on_commit(
             REMOTE_EXECUTOR,
@@ -450,10 +545,16 @@ def _dispatch(
     case: Case, run: WorkflowStep, gpu: GPUResource | None, config: Config, now, delay_ms: int = 0
 ) -> None:
     if not case.host:
-        case.host = gpu.host if gpu is not None else config.default_host
+        case.host = gpu.host if gpu is not None else _pick_host(config)
         case.save(update_fields=["host", "updated_at"])
+        CaseRun.objects.filter(pk=case.current_run_id).update(host=case.host)
     run.host = case.host
     run.gpu = gpu
+    if gpu is None and not host_is_up(case.host):
+        # bound to a server that is down: it waits, and goes on when the server is back
+        run.status = WorkflowStep.Status.WAITING_HOST
+        run.save(update_fields=["host", "gpu", "status"])
+        return
     run.status = WorkflowStep.Status.DISPATCHED
     run.command = render_command(case, run, gpu, config)
     run.dispatched_at = now
@@ -466,11 +567,21 @@ def _dispatch(
     send_on_commit(route.actor, route.command, payload, delay_ms=delay_ms or None)
 
 
+def _pick_host(config: Config) -> str:
+    """For a run that starts without a GPU: the server that is up with the most free GPUs."""
+    down = hosts_down()
+    up = [name for name in config.hosts if name not in down]
+    if not up:
+        return config.default_host
+    return max(up, key=lambda name: free_gpus(name).count())
+
+
 def _redrive(case: Case, run_pk: int, config: Config, now) -> None:
     # Dispatched again: the next worker to get the command may claim it (a transfer
     # refuses a run another live worker holds; this one's worker went silent).
     run = WorkflowStep.objects.get(pk=run_pk)
-    WorkflowStep.objects.filter(pk=run_pk, status__in=WorkflowStep.IN_FLIGHT).update(
+    resend = (*WorkflowStep.IN_FLIGHT, WorkflowStep.Status.WAITING_HOST)
+    WorkflowStep.objects.filter(pk=run_pk, status__in=resend).update(
         status=WorkflowStep.Status.DISPATCHED,
         deadline=now + timedelta(seconds=config.conductor.dispatch_grace_sec),
     )

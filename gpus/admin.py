@@ -8,6 +8,7 @@ is drained: it finishes its step run, then goes to maintenance) and ``gpu_end_ma
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
@@ -22,7 +23,7 @@ from cases.admin import (
     status_badge,
 )
 from conductor.maintenance import gpu_end_maintenance, gpu_start_maintenance
-from gpus.models import GPUResource
+from gpus.models import GPUResource, Host
 
 
 def _start_maintenance(gpu: GPUResource, actor: str) -> str:
@@ -95,7 +96,20 @@ class GPUResourceAdmin(OperatorActionsAdmin):
         badge = status_badge(gpu.status, gpu.get_status_display())
         if gpu.drain_requested:
             badge += status_badge("drain", "drain pending")
+        down_since = getattr(gpu, "host_down_since", None)
+        if down_since is not None:
+            since = timezone.localtime(down_since).strftime("%Y-%m-%d %H:%M:%S")
+            badge += status_badge("host-down", f"server down since {since}")
         return badge
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # whether each GPU's server is down, in the same query
+        down = Host.objects.filter(name=OuterRef("host"), state=Host.State.DOWN)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(host_down_since=Subquery(down.values("down_since")[:1]))
+        )
 
     @admin.display(description="Case")
     def held_by(self, gpu: GPUResource) -> SafeString | str:

@@ -13,6 +13,48 @@ class GPUStatus(models.TextChoices):
     OFFLINE = "OFFLINE"
 
 
+class HostState(models.TextChoices):
+    UP = "UP"
+    DOWN = "DOWN"
+
+
+class Host(models.Model):
+    """A GPU server of config.yaml and whether it can be reached.
+
+    A host is DOWN from the moment a worker, GPU discovery or the probe could not reach it
+    (connection refused, timed out, dropped) until the probe reaches it again.  While it
+    is down its GPUs are given to no step run, and step runs that need it wait instead of
+    spending attempts; an outage longer than ``hosts.<name>.max_outage_sec`` fails them.
+    """
+
+    State = HostState
+
+    name = models.CharField(max_length=64, unique=True, help_text="Host name from config.yaml.")
+    state = models.CharField(max_length=8, choices=State.choices, default=State.UP)
+    down_since = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="Last reached or probed.")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=HostState.values), name="gpus_host_state_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(state="DOWN", down_since__isnull=False) | Q(state="UP"),
+                name="gpus_host_down_has_since",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_up(self) -> bool:
+        return self.state == HostState.UP
+
+
 class GPUResource(models.Model):
     Status = GPUStatus
 

@@ -16,15 +16,51 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from cases.models import WorkflowStep
-from gpus.models import GPUResource
+from gpus.models import GPUResource, Host
 
 
 def free_gpus(host: str | None = None):
-    """GPUs a step run may take: available, and running nothing this system did not start."""
+    """GPUs a step run may take: available, on a server that is up, and running nothing
+    this system did not start."""
     free = GPUResource.objects.filter(
         status=GPUResource.Status.AVAILABLE, foreign_processes=0, step_run__isnull=True
-    )
+    ).exclude(host__in=Host.objects.filter(state=Host.State.DOWN).values("name"))
     return free.filter(host=host) if host else free
+
+
+# --- GPU servers up and down ---------------------------------------------------------------
+
+
+def host_mark_down(name: str, error: str) -> bool:
+    """Record that ``name`` cannot be reached; True when it was up until now."""
+    now = timezone.now()
+    host, _ = Host.objects.get_or_create(name=name)
+    went_down = Host.objects.filter(pk=host.pk, state=Host.State.UP).update(
+        state=Host.State.DOWN, down_since=now, last_error=error[:2000], checked_at=now
+    )
+    if not went_down:
+        Host.objects.filter(pk=host.pk).update(last_error=error[:2000], checked_at=now)
+    return bool(went_down)
+
+
+def host_mark_up(name: str) -> bool:
+    """Record that ``name`` can be reached; True when it was down until now."""
+    now = timezone.now()
+    host, _ = Host.objects.get_or_create(name=name)
+    came_back = Host.objects.filter(pk=host.pk, state=Host.State.DOWN).update(
+        state=Host.State.UP, down_since=None, checked_at=now
+    )
+    if not came_back:
+        Host.objects.filter(pk=host.pk).update(checked_at=now)
+    return bool(came_back)
+
+
+def hosts_down() -> dict[str, Host]:
+    return {host.name: host for host in Host.objects.filter(state=Host.State.DOWN)}
+
+
+def host_is_up(name: str) -> bool:
+    return not Host.objects.filter(name=name, state=Host.State.DOWN).exists()
 
 
 def free_gpu_exists(host: str | None = None) -> bool:

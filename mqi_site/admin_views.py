@@ -21,7 +21,7 @@ from django.urls import path
 from django.views.decorators.cache import never_cache
 
 from cases.models import Case
-from gpus.models import GPUResource
+from gpus.models import GPUResource, Host
 
 app_name = "overview"
 
@@ -41,6 +41,7 @@ class StatusCount:
 class HostOccupancy:
     host: str
     gpus: list[GPUResource]
+    state: Host | None = None  # None: never found down
 
     @property
     def busy(self) -> int:
@@ -61,7 +62,11 @@ def running_cases() -> list[Case]:
 
 def gpu_occupancy() -> list[HostOccupancy]:
     gpus = GPUResource.objects.select_related("step_run__case").order_by("host", "index")
-    return [HostOccupancy(host, list(group)) for host, group in groupby(gpus, lambda g: g.host)]
+    hosts = {host.name: host for host in Host.objects.all()}
+    return [
+        HostOccupancy(name, list(group), hosts.get(name))
+        for name, group in groupby(gpus, lambda g: g.host)
+    ]
 
 
 def latest_failures() -> list[Case]:

@@ -66,11 +66,16 @@ class RemotePaths(_Section):
     _absolute = field_validator("upload_dir", "download_dir")(_absolute_posix)
 
 
+def _absolute_posix_or_none(value: str | None) -> str | None:
+    return None if value is None else _absolute_posix(value)
+
+
 class ConductorSection(_Section):
     # Superseded by the periodic triggers (scanner/reconcile intervals); accepted so the
     # component guide's files load unchanged.
     monitor_interval_sec: float = Field(60, gt=0)
-    remote_paths: RemotePaths
+    # Every host's folders, unless the host names its own (hosts.<name>.upload_dir ...).
+    remote_paths: RemotePaths | None = None
     # every_step: a case holds its GPU from upload to download (the component guide's rule).
     # execute_steps: a GPU is held only while execute steps run; uploads and downloads of one
     # case overlap with another case's simulation on the same GPU.
@@ -79,6 +84,8 @@ class ConductorSection(_Section):
     # How long a step run may go without word from its worker (dispatch, heartbeat, poll)
     # before the reconciler re-sends its command.
     dispatch_grace_sec: float = Field(120, gt=0, le=86400)
+    # How often GPU servers known to be down are tried again.
+    host_probe_interval_sec: float = Field(10, gt=0, le=3600)
 
 
 class StepSpec(_Section):
@@ -126,6 +133,13 @@ class StaticGPU(_Section):
 
 class HostSpec(_Section):
     transport: Literal["ssh", "local"]
+    # This server's own folders, when they differ from conductor.remote_paths.
+    upload_dir: str | None = None
+    download_dir: str | None = None
+    # An outage up to this long is waited out; longer, the cases waiting for it fail.
+    max_outage_sec: float = Field(4 * 3600, gt=0, le=30 * 86400)
+
+    _absolute = field_validator("upload_dir", "download_dir")(_absolute_posix_or_none)
     hostname: str = "127.0.0.1"
     port: int = Field(22, ge=1, le=65535)
     username: str = ""
@@ -208,17 +222,28 @@ class Config(_Section):
         end = steps[position + 1].progress if position + 1 < len(steps) else 100
         return steps[position].progress, end
 
-    def run_paths(self, case_id: str, run_number: int) -> RunPaths:
-        """Where run ``run_number`` of a case lives: each run has folders of its own, so
-        nothing of an earlier run (files, a straggling process) reaches a later one."""
+    def run_paths(self, case_id: str, run_number: int, host: str) -> RunPaths:
+        """Where run ``run_number`` of a case lives on ``host`` and here: each run has folders
+        of its own, so nothing of an earlier run (files, a straggling process) reaches a
+        later one."""
         run = f"run-{int(run_number)}"
         segment = _segment(case_id)
-        remote = self.conductor.remote_paths
+        upload_dir, download_dir = self.remote_dirs(host)
         return RunPaths(
-            case_dir=str(PurePosixPath(remote.upload_dir) / segment / run),
-            output_dir=str(PurePosixPath(remote.download_dir) / segment / run),
+            case_dir=str(PurePosixPath(upload_dir) / segment / run),
+            output_dir=str(PurePosixPath(download_dir) / segment / run),
             results_dir=Path(self.results.local_dir) / segment / run,
         )
+
+    def remote_dirs(self, host: str) -> tuple[str, str]:
+        """``(upload_dir, download_dir)`` on ``host``: its own, else conductor.remote_paths."""
+        spec = self.hosts.get(host)
+        shared = self.conductor.remote_paths
+        upload = (spec and spec.upload_dir) or (shared and shared.upload_dir)
+        download = (spec and spec.download_dir) or (shared and shared.download_dir)
+        if not upload or not download:
+            raise KeyError(f"host {host!r} has no upload_dir/download_dir in {self.source}")
+        return upload, download
 
 
 @dataclass(frozen=True)
@@ -337,6 +362,13 @@ def _cross_section_problems(config: Config) -> list[str]:
                     problems.append(f"hosts.{name}.{field}: required for the ssh transport")
         if host.gpu_discovery == "static" and not host.static_gpus:
             problems.append(f"hosts.{name}.static_gpus: static discovery needs a GPU list")
+        shared = config.conductor.remote_paths
+        for field in ("upload_dir", "download_dir"):
+            if not getattr(host, field) and shared is None:
+                problems.append(
+                    f"hosts.{name}.{field}: required (or set conductor.remote_paths.{field} "
+                    "for every host)"
+                )
     return problems
 
 
@@ -351,7 +383,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     resolve(raw.get("scanner"), "watch_dir")
     resolve(raw.get("results"), "local_dir")
     for host in (raw.get("hosts") or {}).values():
-        for key in ("key_file", "known_hosts_file"):
+        for key in ("key_file", "known_hosts_file", "upload_dir", "download_dir"):
             resolve(host, key)
     # Relative remote paths only make sense for the local transport (a site that runs on
     # the GPU server itself, and the embedded default): they are taken from the config's

@@ -43,9 +43,12 @@ class Command:
     RESULTS_DOWNLOAD_COMPLETED = "results_download_completed"
     FILE_TRANSFER_FAILED = "file_transfer_failed"
     RECONCILE = "reconcile"  # periodic trigger
+    HOST_UNREACHABLE = "host_unreachable"  # from GPU discovery and the host probe
+    HOST_REACHABLE = "host_reachable"
     # -> case_scanner / gpu_discovery (periodic triggers and file events)
     SCAN = "scan"
     SYNC_GPUS = "sync_gpus"
+    PROBE_HOSTS = "probe_hosts"  # look at the GPU servers known to be down
     # -> file_transfer
     UPLOAD_CASE = "upload_case"
     DOWNLOAD_RESULTS = "download_results"
@@ -99,6 +102,9 @@ class ErrorKind:
     TIMEOUT = "timeout"  # the step ran past its configured timeout
     INVALID_INPUT = "invalid_input"  # the case folder failed validation
     CANCELLED = "cancelled"
+    # the GPU server could not be reached (refused, timed out, connection dropped): not
+    # the case's fault, so it costs no attempt; the step waits for the server
+    UNREACHABLE = "unreachable"
 
 
 def send(actor: str, command: str, payload: dict[str, Any], *, delay_ms: int | None = None) -> None:

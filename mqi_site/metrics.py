@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.registry import Collector
 
 from cases.models import Case, WorkflowStep
-from gpus.models import GPUResource
+from gpus.models import GPUResource, Host
+from mqi_site.config import get_config
 
 
 class CaseMetrics(Collector):
@@ -30,6 +31,24 @@ class CaseMetrics(Collector):
         ):
             gpus.add_metric([host, status], n)
         yield gpus
+
+        up = GaugeMetricFamily(
+            "mqi_host_up",
+            "1 while a GPU server can be reached, 0 while it is down",
+            labels=["host"],
+        )
+        down_since = GaugeMetricFamily(
+            "mqi_host_down_since_seconds",
+            "When a GPU server that is down went down (Unix time)",
+            labels=["host"],
+        )
+        down = {host.name: host for host in Host.objects.filter(state=Host.State.DOWN)}
+        for name in get_config().hosts:
+            up.add_metric([name], 0 if name in down else 1)
+            if name in down:
+                down_since.add_metric([name], down[name].down_since.timestamp())
+        yield up
+        yield down_since
 
         duration = ExpressionWrapper(
             F("finished_at") - F("started_at"), output_field=DurationField()

@@ -194,6 +194,11 @@ class Triggers:
         if self._lead():
             send(GPU_DISCOVERY, Command.SYNC_GPUS, {})
 
+    def tick_probe(self) -> None:
+        # cheap when every server is up: the worker only reads which are down
+        if self._lead():
+            send(GPU_DISCOVERY, Command.PROBE_HOSTS, {})
+
     def _flush_folder_events(self) -> None:
         with self._pending_lock:
             folders, self._pending_folders = sorted(self._pending_folders), set()
@@ -213,6 +218,9 @@ class Triggers:
             self.tick_reconcile, "interval", seconds=cfg.conductor.reconcile_interval_sec
         )
         self.scheduler.add_job(self.tick_gpus, "interval", seconds=cfg.gpus.discovery_interval_sec)
+        self.scheduler.add_job(
+            self.tick_probe, "interval", seconds=cfg.conductor.host_probe_interval_sec
+        )
         # Renew the lock well within its lifetime even when every interval is long.
         self.scheduler.add_job(self._lead, "interval", seconds=LOCK_TTL_SEC / 3)
         if watch and cfg.scanner.use_file_events:

@@ -335,6 +335,7 @@ class ProductionSystem:
                 },
                 "reconcile_interval_sec": 2,
                 "dispatch_grace_sec": grace_sec,
+                "host_probe_interval_sec": 1,
             },
             "workflows": {
                 "default_qa": [
@@ -572,6 +573,21 @@ class ProductionSystem:
 
         self.wait_until(in_flight, f"{running} {step} in flight", timeout)
 
+    def step_runs(self) -> list[tuple[str, str, int, str, str, str]]:
+        """Every step run: case id, step, attempt, status, error kind, host."""
+        return self.db.query(
+            "SELECT c.case_id, s.name, s.attempt, s.status, s.error_kind, s.host"
+            " FROM cases_workflowstep s JOIN cases_case c ON c.id = s.case_id ORDER BY s.id"
+        )
+
+    def events(self, kind: str) -> list[tuple[str, str]]:
+        """``(case id, message)`` of every history row of ``kind``."""
+        return self.db.query(
+            "SELECT c.case_id, e.message FROM cases_caseevent e"
+            " JOIN cases_case c ON c.id = e.case_id WHERE e.kind = %s ORDER BY e.id",
+            (kind,),
+        )
+
     def in_flight(self) -> dict[str, int]:
         """Step runs dispatched or running, by step name."""
         rows = self.db.query(
@@ -674,7 +690,7 @@ class ProductionSystem:
         """Remote commands with no exit code: still running, or killed behind our back."""
         return [
             f"remote run {run} has no exit code"
-            for run in sorted(self.upload_dir.glob("*/.mqi/runs/*"))
+            for run in sorted(self.upload_dir.glob("*/run-*/.mqi/runs/*"))
             if not (run / "exit_code").exists()
         ]
 

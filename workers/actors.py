@@ -98,6 +98,11 @@ def case_scanner(command: str, payload: dict[str, Any]) -> None:
 @dramatiq.actor(actor_name=GPU_DISCOVERY, queue_name=QUEUES[GPU_DISCOVERY], max_retries=0)
 def gpu_discovery(command: str, payload: dict[str, Any]) -> None:
     from workers.gpu_discovery.sync import sync_gpus
+    from workers.probe import probe_hosts
+
+    if command == Command.PROBE_HOSTS:
+        probe_hosts(get_config())
+        return
 
     if command != Command.SYNC_GPUS:
         raise ValueError(f"unknown gpu_discovery command {command!r}")

@@ -94,7 +94,7 @@ def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
     if run is None:
         return None
     case = run.case
-    paths = config.run_paths(case.case_id, run.run.number)
+    paths = config.run_paths(case.case_id, run.run.number, run.host)
     return StepRun(
         id=run.pk,
         case_id=case.case_id,
@@ -243,6 +243,11 @@ def _execute(run: StepRun, transport: Transport, payload: dict[str, Any], config
         if exc.permanent:
             _fail(run, ErrorKind.PERMANENT, str(exc))
             return
+        if exc.unreachable:
+            # The server is down: the step waits for it (keeping its GPU) and is sent
+            # again when it is back; that delivery re-attaches if the command had started.
+            _fail(run, ErrorKind.UNREACHABLE, str(exc))
+            return
         # The connection may have dropped after the command started (or this re-drive meets
         # a host that is down while the command runs): a new attempt could run it twice.
         # Poll instead, as for any unreachable host; a poll that finds no trace of the
@@ -316,6 +321,11 @@ def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None
             read_new_output(transport, run.run_dir, offset) if run.step.progress_pattern else None
         )
     except TransportError as exc:
+        if exc.unreachable:
+            # the command goes on without us; the step waits for the server and
+            # re-attaches when it is back
+            _fail(run, ErrorKind.UNREACHABLE, f"lost touch with the command: {exc}")
+            return
         if exc.permanent or unreachable + 1 >= MAX_UNREACHABLE_POLLS:
             kind = ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT
             _fail(run, kind, f"lost track of the command: {exc}")
@@ -402,7 +412,7 @@ def cancel(payload: dict[str, Any]) -> None:
     )
     if row is None or row.status != WorkflowStep.Status.CANCELLED:
         return
-    case_dir = get_config().run_paths(row.case.case_id, row.run.number).case_dir
+    case_dir = get_config().run_paths(row.case.case_id, row.run.number, row.host).case_dir
     run_dir = remote_run_dir(case_dir, row.name, row.pk)
     try:
         killed = kill_group(transport_for(row.host), run_dir)

@@ -77,7 +77,7 @@ def handle(command: str, payload: dict[str, Any]) -> None:
         log.info("%s: already taken by another worker; this message is a duplicate", row.name)
         return
     transport = transport_for(row.host)
-    paths = config.run_paths(case.case_id, row.run.number)
+    paths = config.run_paths(case.case_id, row.run.number, row.host)
     beat = _heartbeat(row.pk, grace_sec)
     extra: dict[str, Any] = {}
     try:
@@ -101,6 +101,8 @@ def handle(command: str, payload: dict[str, Any]) -> None:
         return
     except TransportError as exc:
         kind = ErrorKind.PERMANENT if exc.permanent else ErrorKind.TRANSIENT
+        if exc.unreachable:
+            kind = ErrorKind.UNREACHABLE  # an outage: the step waits, resuming when it is back
         _report_failure(row, outcome, kind, str(exc))
         return
     step_run_heartbeat(step_run_id=row.pk, deadline_sec=grace_sec)

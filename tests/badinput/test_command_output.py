@@ -39,7 +39,8 @@ class Started:
         self.run = run
         self.broker = broker
         config = get_config()
-        self.case_dir = Path(config.run_paths(run.case.case_id, run.run.number).case_dir)
+        paths = config.run_paths(run.case.case_id, run.run.number, run.host)
+        self.case_dir = Path(paths.case_dir)
         self.run_dir = executor.remote_run_dir(str(self.case_dir), run.name, run.pk)
 
     def wait_printed(self) -> None:
@@ -77,7 +78,7 @@ def start(use_config, stub_broker) -> Iterator[Callable[..., Started]]:
         use_config(edit)
         make_gpus(1)
         case = register("QA-output")
-        Path(get_config().run_paths(case.case_id, 1).case_dir).mkdir(parents=True)
+        Path(get_config().run_paths(case.case_id, 1, "local").case_dir).mkdir(parents=True)
         succeed(active_run(case))  # the upload
         drain(stub_broker, QUEUES[REMOTE_EXECUTOR])
         run = active_run(case)

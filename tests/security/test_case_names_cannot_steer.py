@@ -73,7 +73,11 @@ def test_the_conductor_renders_a_hostile_name_as_one_argument_inside_the_roots(
 def test_a_rendered_command_gives_the_shell_exactly_the_name(case_id, tmp_path):
     rendered = fill_template(
         "printf '%s\\0' {case_id} {case_dir} {step}",
-        {"case_id": case_id, "case_dir": get_config().run_paths(case_id, 1).case_dir, "step": "s"},
+        {
+            "case_id": case_id,
+            "case_dir": get_config().run_paths(case_id, 1, "local").case_dir,
+            "step": "s",
+        },
     )
 
     done = subprocess.run(
@@ -94,7 +98,7 @@ def test_a_case_id_that_is_not_a_folder_name_never_becomes_a_path(case_id):
     config = get_config()
 
     with pytest.raises(ValueError, match="cannot be used as a folder name"):
-        config.run_paths(case_id, 1)
+        config.run_paths(case_id, 1, "local")
 
 
 @pytest.mark.django_db(transaction=True)

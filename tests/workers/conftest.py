@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tests import paths
 from tests.conftest import REPO_DIR
 from tests.sshd import SSHServer
 from workers.gpu_discovery.sync import sync_gpus
+from workers.probe import probe_hosts
 from workers.transports.ssh import close_thread_connections
 
 PYTHON = shlex.quote(sys.executable)
@@ -113,6 +115,22 @@ def workers(stub_broker) -> Iterator[Worker]:
         m for m in stub_broker.middleware if getattr(m, "worker", None) is not worker
     ]
     close_thread_connections()
+
+
+@pytest.fixture
+def prober(workers) -> Iterator[None]:
+    """The scheduler's host probe, every 0.2 s: brings a GPU server that is down back."""
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.wait(0.2):
+            probe_hosts(get_config())
+
+    thread = threading.Thread(target=probe, name="test-prober", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ def test_progress_lines_move_the_case_progress(gpu_server, discovered_gpus, work
 
 
 def test_sshd_killed_while_a_command_runs_reattaches_and_runs_it_once(
-    gpu_server, discovered_gpus, workers
+    gpu_server, discovered_gpus, workers, prober
 ):
     make_case(gpu_server.watch_dir, "QA-0004", switches={"MQI_SLEEP_MOQUI": "3"})
     scan_cases(get_config())
@@ -146,6 +146,15 @@ def test_sshd_killed_while_a_command_runs_reattaches_and_runs_it_once(
     assert gpu_server.starts("QA-0004", "moquisim") == 1
     assert gpu_server.starts("QA-0004", "interpreter") == 1
     assert (gpu_server.results("QA-0004") / "RTDOSE.dcm").exists()
+    # the outage cost no attempt: every step ran once, the waiting step went on by itself
+    assert sorted(case.steps.values_list("name", "attempt")) == [
+        ("download_results", 1),
+        ("run_interpreter", 1),
+        ("run_moqui_sim", 1),
+        ("upload_case_files", 1),
+    ]
+    kinds = set(case.events.values_list("kind", flat=True))
+    assert {"waiting_for_host", "host_back"} <= kinds
 
 
 def test_timeout_kills_the_whole_process_group(gpu_server, discovered_gpus, workers):

@@ -100,6 +100,8 @@ def sync_host(name: str, spec: HostSpec) -> HostSync:
     except (TransportError, ValueError) as exc:
         report.error = str(exc)
         log.warning("GPU discovery on %s failed: %s (GPUs left as they were)", name, exc)
+        if isinstance(exc, TransportError) and exc.unreachable:
+            send(CONDUCTOR, Command.HOST_UNREACHABLE, {"host": name, "error": str(exc)})
         return report
     recheck_connection()  # after nvidia-smi over SSH here and on the hosts before
     problems = [*discovered.unread_gpus, *filter(None, [discovered.unread_apps])]

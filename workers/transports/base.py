@@ -67,13 +67,16 @@ class TransportError(Exception):
 
     ``permanent`` is False when the same call may succeed later unchanged (network, SSH
     connection, timeout) and True when something must be fixed first (host key, key file,
-    missing path, permissions, full disk). The message names the host, the path and what to
-    do about it.
+    missing path, permissions, full disk).  ``unreachable`` says that the host itself could
+    not be reached (connection refused or timed out, or dropped): an outage of the server,
+    not a failure of what was asked of it.  The message names the host, the path and what
+    to do about it.
     """
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, unreachable: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.unreachable = unreachable and not permanent
 
     @property
     def transient(self) -> bool:

@@ -259,6 +259,7 @@ def _connect_error(
         return TransportError(
             f"{where}: the connection closed during authentication; will retry",
             permanent=False,
+            unreachable=True,
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return TransportError(
@@ -270,18 +271,23 @@ def _connect_error(
         return TransportError(
             f"{where}: cannot resolve host name {target.hostname!r} ({exc}); will retry",
             permanent=False,
+            unreachable=True,
         )
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         return TransportError(
             f"{where}: connection refused or host unreachable; is sshd running? will retry",
             permanent=False,
+            unreachable=True,
         )
     if isinstance(exc, TimeoutError):
         return TransportError(
             f"{where}: no answer within {target.connect_timeout_sec:g}s; will retry",
             permanent=False,
+            unreachable=True,
         )
-    return TransportError(f"{where}: cannot connect ({exc!r}); will retry", permanent=False)
+    return TransportError(
+        f"{where}: cannot connect ({exc!r}); will retry", permanent=False, unreachable=True
+    )
 
 
 class _Connection:
@@ -488,6 +494,7 @@ class SSHTransport:
             f"{self.description}: connection lost during {action} {path!r} "
             f"({type(exc).__name__}: {exc}); will reconnect and retry",
             permanent=False,
+            unreachable=True,
         )
 
     def _call(
@@ -550,6 +557,7 @@ class SSHTransport:
                 f"{self.description}: connection lost while a command ran (it may have "
                 "run); will reconnect",
                 permanent=False,
+                unreachable=True,
             ) from None
         return CommandResult(
             exit_code=exit_code,

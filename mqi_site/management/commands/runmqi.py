@@ -135,7 +135,8 @@ class Command(BaseCommand):
         failed = 0
         for case in cases:
             if case.status == Case.Status.COMPLETED:
-                where = config.run_paths(case.case_id, case.current_run.number).results_dir
+                run = case.current_run
+                where = config.run_paths(case.case_id, run.number, run.host).results_dir
                 self.stdout.write(self.style.SUCCESS(f"  COMPLETED  {case.case_id}  -> {where}"))
             else:
                 failed += 1
