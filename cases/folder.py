@@ -62,6 +62,10 @@ RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_ION_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.8"
 PLAN_SOP_CLASSES = frozenset({RT_PLAN_STORAGE, RT_ION_PLAN_STORAGE})
 CASE_ID_MAX_BYTES = 200
+# Elements longer than this are not read into memory (pydicom notes where they are and
+# skips them): what identifies a plan is small, whatever else the file carries.
+DEFER_BYTES = 64 * 1024
+MAX_PLAN_MB = 64  # scanner.max_plan_mb
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # A folder with thousands of broken files should not produce thousands of reasons.
 MAX_REASONS = 50
@@ -132,6 +136,15 @@ def case_id_problem(name: str) -> str | None:
     if controls:
         listed = ", ".join(f"U+{ord(char):04X}" for char in controls)
         return f"the folder name contains control characters ({listed}); rename the folder"
+    # bidirectional overrides, zero-width and other format characters: a name that shows
+    # as something else than it is (``QA-1\u202e3-AQ`` reads as ``QA-1QA-3``)
+    hidden = sorted({char for char in name if unicodedata.category(char) == "Cf"})
+    if hidden:
+        listed = ", ".join(f"U+{ord(char):04X}" for char in hidden)
+        return (
+            f"the folder name contains invisible formatting characters ({listed}) that "
+            "change how it reads; rename the folder"
+        )
     if name.startswith("-"):
         return "the folder name starts with '-', which programs would take for an option"
     return None
@@ -178,6 +191,7 @@ def inspect_case_folder(
     log_patterns: Sequence[str],
     now: float,
     check_log_identity: bool = True,
+    max_plan_mb: float = MAX_PLAN_MB,
 ) -> FolderVerdict:
     """Decide whether the case folder at ``path`` is still being written, valid or invalid."""
     case_id = path.name
@@ -200,7 +214,7 @@ def inspect_case_folder(
     if name_problem:
         reasons.append(name_problem)
     reasons.extend(walk.problems)
-    checked = _check_contents(walk, rtplan_globs, log_patterns)
+    checked = _check_contents(walk, rtplan_globs, log_patterns, max_plan_mb)
     reasons.extend(checked.reasons)
     log_check = LogCheck.NOT_REACHED
     if checked.identity is not None and not checked.reasons:
@@ -250,6 +264,7 @@ def check_case_folder(path: Path, scanner: ScannerRules, *, now: float) -> Folde
         rtplan_globs=scanner.rtplan_globs,
         log_patterns=scanner.log_patterns,
         check_log_identity=scanner.check_log_identity,
+        max_plan_mb=scanner.max_plan_mb,
         now=now,
     )
     if verdict.state != FolderState.READY_VALID:
@@ -288,6 +303,7 @@ class ScannerRules(Protocol):
     rtplan_globs: Sequence[str]
     log_patterns: Sequence[str]
     check_log_identity: bool
+    max_plan_mb: float
 
 
 def _complete(walk: _Walk, ready_marker: str, quiet_period_sec: float, now: float) -> bool:
@@ -445,7 +461,7 @@ class _Checked:
 
 
 def _check_contents(
-    walk: _Walk, rtplan_globs: Sequence[str], log_patterns: Sequence[str]
+    walk: _Walk, rtplan_globs: Sequence[str], log_patterns: Sequence[str], max_plan_mb: float
 ) -> _Checked:
     checked = _Checked()
     if walk.entries == 0:
@@ -467,7 +483,7 @@ def _check_contents(
         if file.size == 0:
             read = _PlanRead(problem=f"{_shown(file.rel)} is empty (0 bytes)")
         else:
-            read = _read_plan(file)
+            read = _read_plan(file, max_plan_mb)
         if read.problem:
             plan_problems += 1
             checked.reasons.append(read.problem)
@@ -519,17 +535,23 @@ class _PlanRead:
     description: str = ""
 
 
-def _read_plan(file: _File) -> _PlanRead:
+def _read_plan(file: _File, max_plan_mb: float) -> _PlanRead:
     shown = _shown(file.rel)
     try:
-        dataset = pydicom.dcmread(file.read_path, stop_before_pixels=True)
-        cut = _cut_short(dataset)
+        dataset = pydicom.dcmread(file.read_path, stop_before_pixels=True, defer_size=DEFER_BYTES)
+        cut = _cut_short(dataset, file.size)
         if cut:
             return _PlanRead(problem=f"{shown} is cut short ({cut}); copy the complete file again")
         modality = str(dataset.get("Modality", "") or "")
         sop_class = str(dataset.get("SOPClassUID", "") or "")
         if modality != "RTPLAN" and sop_class not in PLAN_SOP_CLASSES:
             return _PlanRead(description=f"Modality {modality}" if modality else "no Modality")
+        if file.size > max_plan_mb * 1e6:
+            return _PlanRead(
+                problem=f"{shown} is an RTPLAN of {file.size / 1e6:,.0f} MB, larger than any "
+                f"plan should be (scanner.max_plan_mb is {max_plan_mb:g}); it was not read: "
+                "export the plan again"
+            )
         beams = dataset.get("IonBeamSequence") or dataset.get("BeamSequence")
         identity = plan_identity(dataset)
         uid = str(dataset.get("SOPInstanceUID", "") or "")
@@ -568,22 +590,24 @@ def _check_logs(walk: _Walk, checked: _Checked) -> list[str]:
     return log_problems(checked.identity, plan_name, checked.logs, checked.plan_infos, head)
 
 
-def _cut_short(dataset: pydicom.Dataset) -> str | None:
+def _cut_short(dataset: pydicom.Dataset, file_size: int) -> str | None:
     """How a truncated file shows, or None.
 
     pydicom reads a file that ends early without complaint: the element at the cut keeps
     the bytes that are there and everything after it (later beams, say) is simply missing.
-    A value shorter than its declared length gives the cut away.  Undefined-length
-    sequences cut short make pydicom raise instead (an ``OSError``).
+    A value shorter than its declared length gives the cut away; so does an element too
+    long to be read (deferred: only its place is known) that would end past the file's end.
+    Undefined-length sequences cut short make pydicom raise instead (an ``OSError``).
     """
-    for element in dataset.elements():
-        if (
-            isinstance(element, RawDataElement)
-            and element.length != UNDEFINED_LENGTH
-            and isinstance(element.value, bytes)
-            and len(element.value) < element.length
-        ):
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset reads every value)
+        # keep_deferred: look at where a long element is without reading it
+        element = dataset.get_item(tag, keep_deferred=True)
+        if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
+            continue
+        if isinstance(element.value, bytes) and len(element.value) < element.length:
             return f"element {element.tag} holds {len(element.value)} of its {element.length} bytes"
+        if element.value is None and element.value_tell + element.length > file_size:
+            return f"element {element.tag} declares {element.length} bytes past the end of the file"
     return None
 
 

@@ -164,6 +164,9 @@ class ScannerSection(_Section):
     # Match the delivery logs' patient and beam numbers against the RTPLAN; off only for
     # a site whose logs carry no identity (PlanInfo.txt or header lines).
     check_log_identity: bool = True
+    # An RTPLAN larger than this is refused unread (plans are a few MB; a bigger file is a
+    # wrong export or a hostile one).
+    max_plan_mb: float = Field(64, gt=0, le=4096)
     scan_interval_sec: float = Field(10, gt=0)
     rtplan_globs: list[str] = ["*.dcm"]
     log_patterns: list[str] = []

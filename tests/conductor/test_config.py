@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from conductor.checks import check_config
-from mqi_site.config import ConfigError, load_config, parse_config
+from mqi_site.config import ConfigError, get_config, load_config, parse_config
 from tests.conftest import REPO_DIR, base_config
 
 
@@ -195,3 +195,39 @@ def test_check_config_command_fails_with_the_problems(tmp_path, capsys):
         call_command("check_config", "--config", str(path))
 
     assert "workflows.default_qa[0].progress: 150 is outside 0-100" in capsys.readouterr().err
+
+
+def test_each_host_may_have_its_own_folders(use_config):
+    def two_hosts(raw: dict) -> None:
+        raw["hosts"]["node2"] = {
+            "transport": "local",
+            "upload_dir": "/srv/node2/in",
+            "download_dir": "/srv/node2/out",
+            "gpu_discovery": "static",
+            "static_gpus": [{"index": 0}],
+        }
+
+    use_config(two_hosts)
+    config = get_config()
+
+    assert config.run_paths("QA-1", 2, "node2").case_dir == "/srv/node2/in/QA-1/run-2"
+    assert config.run_paths("QA-1", 2, "node2").output_dir == "/srv/node2/out/QA-1/run-2"
+    shared = config.conductor.remote_paths
+    assert config.run_paths("QA-1", 2, "local").case_dir == f"{shared.upload_dir}/QA-1/run-2"
+
+
+def test_a_host_without_folders_of_its_own_needs_the_shared_ones():
+    text = """
+conductor: {}
+workflows: {qa: [{name: up, type: upload, progress: 10}]}
+hosts: {gpu1: {transport: local, upload_dir: /srv/in}}
+scanner: {watch_dir: /in, workflow: qa}
+results: {local_dir: /results}
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+
+    assert raised.value.problems == [
+        "hosts.gpu1.download_dir: required (or set conductor.remote_paths.download_dir for "
+        "every host)"
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import time
+import tracemalloc
 from pathlib import Path
 
 import pydicom
@@ -516,3 +518,65 @@ def _spy_on_dcmread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(pydicom, "dcmread", spy)
     return read
+
+
+# --- hostile files and names --------------------------------------------------------------
+
+
+def with_sparse_element(plan: Path, declared: int) -> None:
+    """Append a private element that declares ``declared`` bytes and leave them as a hole in
+    the file (a sparse file: it takes no disk, but a reader that loads it takes the memory)."""
+    size = plan.stat().st_size
+    header = struct.pack("<HH2sHI", 0x7FE1, 0x1010, b"OB", 0, declared)
+    with plan.open("r+b") as handle:
+        handle.seek(size)
+        handle.write(header)
+        handle.truncate(size + len(header) + declared)
+
+
+def test_a_plan_with_a_huge_element_is_refused_without_loading_it(case: Path) -> None:
+    with_sparse_element(case / "plan.dcm", 1 << 30)
+
+    tracemalloc.start()
+    try:
+        verdict = inspect(case)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert verdict.state == FolderState.READY_INVALID
+    assert verdict.reasons == [
+        "plan.dcm is an RTPLAN of 1,074 MB, larger than any plan should be "
+        "(scanner.max_plan_mb is 64); it was not read: export the plan again"
+    ]
+    assert peak < 20_000_000  # the 1 GB element was never read into memory
+
+
+def test_a_large_element_within_the_limit_is_not_read_into_memory(case: Path) -> None:
+    with_sparse_element(case / "plan.dcm", 40_000_000)
+
+    tracemalloc.start()
+    try:
+        verdict = inspect(case)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert verdict.state == FolderState.READY_VALID, verdict.reasons
+    assert peak < 20_000_000
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("QA-1\u202e3-AQ", "U+202E"),  # right-to-left override
+        ("QA\u200b-1", "U+200B"),  # zero-width space
+        ("QA-\u2066x\u2069", "U+2066, U+2069"),  # isolates
+        ("\ufeffQA-1", "U+FEFF"),
+    ],
+)
+def test_names_that_read_as_something_else_are_refused(name: str, shown: str) -> None:
+    assert case_id_problem(name) == (
+        f"the folder name contains invisible formatting characters ({shown}) that change "
+        "how it reads; rename the folder"
+    )

@@ -196,3 +196,29 @@ def test_only_one_scheduler_leads(tmp_path):
     first.release()
     assert second.hold() is True
     second.release()
+
+
+def test_names_that_differ_only_by_unicode_normalisation_are_one_case(stub_broker, watch_dir):
+    composed = "QA-caf\u00e9"  # é as one character (NFC)
+    decomposed = "QA-cafe\u0301"  # e + combining acute (NFD, as macOS writes names)
+    make_case(watch_dir, decomposed)
+
+    first = scan_cases(get_config())
+    deliver(reported(stub_broker))
+    make_case(watch_dir, composed)
+    second = scan_cases(get_config())
+
+    assert first.reported == [composed]
+    assert second.reported == []
+    assert list(Case.objects.values_list("case_id", flat=True)) == [composed]
+
+
+def test_a_folder_named_to_read_as_another_is_an_invalid_case(stub_broker, watch_dir):
+    make_case(watch_dir, "QA-1\u202e3-AQ")
+
+    result = scan_cases(get_config())
+    deliver(reported(stub_broker))
+
+    case = Case.objects.get()
+    assert result.invalid == [case.case_id]
+    assert "invisible formatting characters (U+202E)" in case.error_message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +37,14 @@ def case_id_for(folder_name: str) -> str:
 
     Folder names are bytes; one that is not valid UTF-8 is escaped (``caf\\xe9``) and gets
     the hash suffix too, so it can neither be stored unescaped nor take the id of a folder
-    literally named like its escaped form.
+    literally named like its escaped form.  A valid name is taken in Unicode's composed
+    form (NFC): ``café`` typed on one system and decomposed by another (NFD, as macOS
+    writes it) is one case, not two.
     """
     raw = folder_name.encode("utf-8", "surrogateescape")
     shown = _storable(folder_name)
+    if shown == folder_name:
+        shown = folder_name = unicodedata.normalize("NFC", folder_name)
     if len(folder_name) <= CASE_ID_MAX and shown == folder_name:
         return folder_name
     digest = hashlib.sha256(raw).hexdigest()[:12]
