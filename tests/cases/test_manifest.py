@@ -12,6 +12,8 @@ from cases import manifest
 from workers.transports import LocalTransport
 from workers.transports.transfer import upload_tree
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
@@ -58,6 +60,7 @@ def test_a_link_out_of_the_folder_makes_it_unreadable(folder: Path, tmp_path: Pa
 def test_a_file_written_while_it_is_hashed_is_noticed(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     real_open = open
 
     def open_and_append(path, mode="r", *args, **kwargs):

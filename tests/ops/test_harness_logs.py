@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from tests.harness import log_records
+
+pytestmark = pytest.mark.pure
+
 
 LOG = """\
  * Running dramatiq: "dramatiq django_dramatiq.setup ..."

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from workers.transports.base import (
     FileDigest,
@@ -46,6 +46,15 @@ from workers.transports.base import (
     WriteStream,
 )
 from workers.transports.local import LocalTransport
+
+
+class Hasher(Protocol):
+    """What the copy needs of a ``hashlib`` hash object."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -557,7 +566,7 @@ class _Copy:
         item.part_exists = True
         return writer
 
-    def _hash_kept_part(self, item: _File) -> hashlib._Hash | None:
+    def _hash_kept_part(self, item: _File) -> Hasher | None:
         """The hash of the first ``offset`` bytes on the local side; None if they are not there.
 
         Uploading, that is the local source (the remote part is checked after the copy);
@@ -642,7 +651,7 @@ def _batches(items: list[_File]) -> list[list[_File]]:
     return _groups(items, files=VERIFY_BATCH_FILES, size=VERIFY_BATCH_BYTES)
 
 
-def _hash_and_write(digest: hashlib._Hash, writer: WriteStream, chunk: bytes) -> None:
+def _hash_and_write(digest: Hasher, writer: WriteStream, chunk: bytes) -> None:
     digest.update(chunk)
     writer.write(chunk)
 

@@ -24,6 +24,8 @@ from cases.folder import (
     iter_candidate_folders,
 )
 
+pytestmark = pytest.mark.pure
+
 OLD = 1_700_000_000.0  # every file's mtime unless a test says otherwise
 QUIET = 30.0
 PATIENT = "QA-P1"

@@ -12,7 +12,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cases.folder import RT_ION_PLAN_STORAGE, FolderState, LogCheck
 from cases.identity import Beam, PlanIdentity
-from tests.scanner.test_folder import inspect
+from tests.cases.test_folder import inspect
+
+pytestmark = pytest.mark.pure
+
 
 PATIENT = "QA0007"
 
