@@ -2,7 +2,7 @@
 """Stand-in for the MOQUI Monte Carlo simulation: MOQUI input -> RT Dose DICOM.
 
     moquisim.py --case CASE_ID --gpu GPU_ID [--case-dir DIR] [--output-dir DIR]
-                [--batches N] [--batch-seconds S] [--beam N]
+                [--input-dir DIR] [--batches N] [--batch-seconds S] [--beam N]
 
 Prints MOQUI's progress lines, flushed one by one, exactly as the real engine does::
 
@@ -22,16 +22,21 @@ writes into the output directory:
 The dose is the pencil-beam model of ``pencil_beam.py`` applied to the spots the machine
 logs say were *delivered* (energy, position, MU), so a delivery that differs from the plan
 gives a different dose.  It reads them from the interpreter's
-``<output dir>/moqui_input/plan_summary.json``; a beam without a log is simulated from its
-planned spots, with a warning.  Without the summary (moquisim run on its own) it reads the
-RTPLAN from the case folder, simulates the planned spots and says so on stderr.
+``<input dir>/moqui_input/plan_summary.json`` (``--input-dir`` defaults to the output
+directory); a beam without a log is simulated from its planned spots, with a warning.
+Without the summary (moquisim run on its own) it reads the RTPLAN and the machine logs
+from the case folder itself, as the interpreter does, and says so on stderr: the dose is
+still the delivered one, never silently the plan's.
 
 ``--beam N`` simulates only treatment beam N: ``RTDOSE.dcm`` then holds that beam's dose
 (DoseSummationType BEAM, the beam named in the plan reference) on the same grid as the
-whole plan's, so the doses of separate ``--beam`` runs add up to the plan's dose.
+whole plan's, so the doses of separate ``--beam`` runs add up to the plan's dose.  Beams
+run in parallel each get an output directory of their own and ``--input-dir`` naming
+the one the interpreter wrote to.
+
 ``--case-dir`` defaults to the current directory, ``--output-dir`` to
-``<case dir>/output``.  Needs only the standard library and pydicom; the demo and the
-tests run it with the project venv's python.
+``<case dir>/output``, ``--input-dir`` to the output directory.  Needs only the standard
+library and pydicom; the demo and the tests run it with the project venv's python.
 
 Exit codes: 0 done, 1 bad input (no plan, no spots to simulate), 2 bad arguments (also
 ``--beam`` naming a beam the plan does not have), N when asked to fail.
@@ -60,7 +65,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from pencil_beam import Beam, Grid, grid_around, plan_dose, planned_beams
+from pencil_beam import Beam, Grid, grid_around, plan_dose
 
 TOOL = "moquisim"
 SWITCH_SUFFIX = "MOQUI"
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", required=True, type=_gpu_index, help="GPU index")
     parser.add_argument("--case-dir", type=Path, default=None, help="default: current dir")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: CASE_DIR/output")
+    parser.add_argument(
+        "--input-dir", type=Path, default=None, help="holds moqui_input/; default: OUTPUT_DIR"
+    )
     parser.add_argument("--batches", type=int, default=10, help="default 10")
     parser.add_argument("--batch-seconds", type=float, default=0.5, help="default 0.5")
     parser.add_argument(
@@ -97,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batches must be >= 1 and --batch-seconds >= 0")
     case_dir = (args.case_dir or Path.cwd()).absolute()
     output_dir = (args.output_dir or case_dir / "output").absolute()
+    input_dir = (args.input_dir or output_dir).absolute()
     if not case_dir.is_dir():
         print(f"{TOOL}: case directory {case_dir} does not exist", file=sys.stderr)
         return 1
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         _log = log
         say("MOQUI (stand-in) Monte Carlo dose engine")
         try:
-            summary = load_summary(case_dir, output_dir)
+            summary = load_summary(case_dir, output_dir, input_dir)
             beams = beams_to_simulate(summary, args.beam)
         except (InputError, UsageError) as exc:
             print(f"{TOOL}: {exc}", file=sys.stderr)
@@ -247,9 +256,9 @@ def _failure(spec: str, name: str) -> tuple[int, str]:
 # --- input ------------------------------------------------------------------------------------
 
 
-def load_summary(case_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """The interpreter's plan summary, or (run on its own) one read from the RTPLAN."""
-    path = output_dir / "moqui_input" / "plan_summary.json"
+def load_summary(case_dir: Path, output_dir: Path, input_dir: Path) -> dict[str, Any]:
+    """The interpreter's plan summary, or (run on its own) one read from the case folder."""
+    path = input_dir / "moqui_input" / "plan_summary.json"
     if path.is_file():
         say(f"Reading MOQUI input {path}")
         try:
@@ -257,48 +266,30 @@ def load_summary(case_dir: Path, output_dir: Path) -> dict[str, Any]:
         except ValueError as exc:
             raise InputError(f"{path} is not valid JSON: {exc}") from None
     print(
-        f"{TOOL}: warning: no interpreter output in {path.parent}; reading the RTPLAN directly",
+        f"{TOOL}: warning: no interpreter output in {path.parent}; "
+        "reading the RTPLAN and the machine logs directly",
         file=sys.stderr,
     )
-    return _summary_from_plan(case_dir, skip=output_dir)
+    return _summary_from_case(case_dir, skip=output_dir)
 
 
-def _summary_from_plan(case_dir: Path, *, skip: Path) -> dict[str, Any]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def _summary_from_case(case_dir: Path, *, skip: Path) -> dict[str, Any]:
+    """What the interpreter would pass on: the plan, and the spots its logs delivered.
 
-    for folder, dirs, files in os.walk(case_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != skip)
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(".dcm"):
-                continue
-            try:
-                plan = pydicom.dcmread(Path(folder, name), stop_before_pixels=True)
-            except (InvalidDicomError, OSError):
-                continue
-            if plan.get("Modality") != "RTPLAN" and plan.get("SOPClassUID") not in (
-                PLAN_SOP_CLASSES
-            ):
-                continue
-            return {
-                "plan_file": name,
-                "sop_class_uid": str(plan.get("SOPClassUID", "")),
-                "sop_instance_uid": str(plan.get("SOPInstanceUID", "")),
-                "study_instance_uid": str(plan.get("StudyInstanceUID", "")),
-                "frame_of_reference_uid": str(plan.get("FrameOfReferenceUID", "")),
-                "patient_id": str(plan.get("PatientID", "")),
-                "patient_name": str(plan.get("PatientName", "")),
-                "beams": [
-                    {
-                        "number": beam.number,
-                        "gantry_angle": beam.gantry_angle,
-                        "isocenter_mm": list(beam.isocenter_mm),
-                        "planned_spots": [list(spot) for spot in beam.spots],
-                    }
-                    for beam in planned_beams(plan)
-                ],
-            }
-    raise InputError(f"no MOQUI input and no RTPLAN DICOM file in {case_dir}")
+    Read with the interpreter's own functions, so that moquisim on its own still computes
+    the *delivered* dose: the planned spots alone would give the planning system's dose
+    and pass any QA.
+    """
+    import interpreter
+
+    try:
+        plan_path, plan = interpreter.find_plan(case_dir, skip=skip)
+        summary = interpreter.summarize_plan(plan, plan_path)
+        logs = interpreter.find_logs(case_dir, skip=skip)
+        summary["logs"] = [interpreter.read_log(path, case_dir) for path in logs]
+    except interpreter.InputError as exc:
+        raise InputError(f"no MOQUI input, and the case folder cannot be read: {exc}") from None
+    return summary
 
 
 def beams_to_simulate(summary: dict[str, Any], only: int | None) -> list[Beam]:

@@ -405,8 +405,24 @@ def test_moquisim_on_its_own_reads_the_plan_itself(case: Path, tmp_path: Path) -
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    assert "reading the RTPLAN directly" in result.stderr
+    assert "reading the RTPLAN and the machine logs directly" in result.stderr
     assert_valid_rt_dose(pydicom.dcmread(output / "RTDOSE.dcm"), plan_uid(case))
+
+
+def test_moquisim_on_its_own_still_computes_the_delivered_dose(
+    interpreted: Path, tmp_path: Path
+) -> None:
+    # the same case with and without the interpreter's output: the same delivered spots
+    with_input, on_its_own = tmp_path / "with-input", tmp_path / "on-its-own"
+    for output, extra in ((with_input, ["--input-dir", interpreted / "output"]), (on_its_own, [])):
+        result = run(
+            "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
+            "--output-dir", output, "--batches", "1", "--batch-seconds", "0", *extra,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    assert "reading the RTPLAN" not in (with_input / "moqui.log").read_text()
+    assert pixels(with_input / "RTDOSE.dcm") == pixels(on_its_own / "RTDOSE.dcm")
 
 
 @pytest.mark.parametrize("how", ["file", "env"])
@@ -583,6 +599,11 @@ def assert_valid_rt_dose(dose: pydicom.Dataset, plan_sop_instance_uid: str) -> N
     assert len(dose.GridFrameOffsetVector) == frames
     assert len(dose.PixelData) == dose.Rows * dose.Columns * frames * 2
     assert dose.BitsAllocated == 16
+
+
+def pixels(path: Path) -> tuple[bytes, str]:
+    dose = pydicom.dcmread(path)
+    return dose.PixelData, str(dose.DoseGridScaling)
 
 
 def log_mu(path: Path) -> float:
