@@ -15,12 +15,16 @@ and spacing: both sets of coordinates are given to pymedphys.
   evaluated grid has no gamma; pymedphys would leave it out, here it counts as failed
   (and is reported), because a recomputation that misses part of the dose is no pass.
 * **Verdict**: passed when every criterion's pass rate reaches the threshold.
-* **max_gamma** (default 2) stops the search once gamma is known to exceed it; larger
-  values are reported as ``max_gamma``.  Pass rates are exact for any max_gamma >= 1, and
-  the gamma map's picture shows 0-2, so the default loses nothing either shows.  Without
-  it, a failing dose makes pymedphys search far for every failing point (many times
-  slower).  ``random_subset`` is not used: it samples with numpy's global random state
-  (not reproducible, shared between threads).
+* **max_gamma** (default 2) stops the search once gamma is known to exceed it, which
+  bounds the time a grossly failing dose takes; pymedphys reports larger values *as*
+  ``max_gamma``.  So it must exceed 1 (at exactly 1 every failing point would read 1 and
+  pass); above 1 the pass rates are exact, and the gamma picture shows 0-2, so the default
+  loses nothing either shows.  ``random_subset`` is not used: it samples with numpy's
+  global random state, so the same doses could get different verdicts.
+* **Speed.**  The time grows with the points evaluated and, above all, with the failing
+  ones, which are searched out to max_gamma x the distance.  pymedphys's default
+  interpolation needs numba (a large compiled dependency) and is a few times faster;
+  scipy's is used here; switching is the dependency plus ``interp_algo`` in the call below.
 
 Several criteria are computed in one pymedphys call (it searches every combination of the
 criteria's dose and distance values at once).
@@ -274,8 +278,9 @@ def _criteria(pairs: Sequence[tuple[float, float]]) -> list[Criterion]:
 def _check_options(cutoff: float, max_gamma: float | None, threshold: float) -> None:
     if not 0 <= cutoff < 100:
         raise GammaError(f"lower dose cut-off {cutoff:g}% must be from 0 to below 100%")
-    if max_gamma is not None and not max_gamma >= 1:
-        raise GammaError(f"max_gamma {max_gamma:g} must be at least 1 (or None: no limit)")
+    if max_gamma is not None and not max_gamma > 1:
+        # pymedphys reports gamma above max_gamma as max_gamma: at 1, a failing point passes
+        raise GammaError(f"max_gamma {max_gamma:g} must be above 1 (or None: no limit)")
     if not 0 < threshold <= 100:
         raise GammaError(f"pass threshold {threshold:g}% must be above 0 and at most 100%")
 

@@ -47,6 +47,17 @@ def test_a_3_mm_shift_fails_2_mm_criteria(shifted_by_3_mm: GammaResult) -> None:
     assert two_two.pass_rate_percent <= three_two.pass_rate_percent
 
 
+def test_a_small_max_gamma_keeps_the_pass_rates(
+    reference: DoseGrid, shifted_by_3_mm: GammaResult
+) -> None:
+    evaluated = grid_of(blob(shift_x=3, sigma=6), CUBE, CUBE, CUBE)
+
+    capped = gamma_analysis(reference, evaluated, criteria=[(3, 2)], max_gamma=1.1)
+
+    assert capped.criteria[0].pass_rate_percent == shifted_by_3_mm.criteria[0].pass_rate_percent
+    assert np.nanmax(capped.criteria[0].gamma) == pytest.approx(1.1)
+
+
 def test_a_3_mm_shift_passes_a_4_mm_criterion(shifted_by_3_mm: GammaResult) -> None:
     three_four = shifted_by_3_mm.criteria[2]
 
@@ -141,7 +152,9 @@ def test_it_refuses_doses_that_do_not_belong_together(
         ({"criteria": []}, "no gamma criteria"),
         ({"criteria": [(3, 0)]}, "must be > 0"),
         ({"lower_cutoff_percent": 100}, "cut-off"),
-        ({"max_gamma": 0.5}, "max_gamma 0.5 must be at least 1"),
+        ({"max_gamma": 0.5}, "max_gamma 0.5 must be above 1"),
+        # pymedphys would report every failing point's gamma as 1, a pass
+        ({"max_gamma": 1}, "max_gamma 1 must be above 1"),
         ({"pass_threshold_percent": 0}, "pass threshold"),
     ],
 )
