@@ -26,6 +26,14 @@ and spacing: both sets of coordinates are given to pymedphys.
   interpolation needs numba (a large compiled dependency) and is a few times faster;
   scipy's is used here; switching is the dependency plus ``interp_algo`` in the call below.
 
+pymedphys reports its progress on the *root* logger (``logging.info``, no named logger of
+its own) with numpy arrays as arguments, which cannot be formatted (numpy >= 2.4 refuses
+to turn a 1-element array into a float; several criteria never could): wherever the root
+logger shows INFO (the Django settings do) every analysis would print a "Logging error"
+traceback, and under pytest fail.  ``gamma_analysis`` therefore puts a filter on the root
+logger that drops pymedphys's records below WARNING (its warnings and errors still show);
+the verdict is in the result, not in those lines.
+
 Several criteria are computed in one pymedphys call (it searches every combination of the
 criteria's dose and distance values at once).
 
@@ -39,7 +47,9 @@ a beam counted twice, since each of those gives a total that looks right and is 
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -53,6 +63,18 @@ DEFAULT_LOWER_CUTOFF_PERCENT = 10.0
 DEFAULT_MAX_GAMMA = 2.0
 DEFAULT_PASS_THRESHOLD_PERCENT = 95.0
 _GRID_TOLERANCE_MM = 1e-3
+
+
+class _PymedphysProgressFilter(logging.Filter):
+    """Drops the records pymedphys logs on the root logger below WARNING (see above)."""
+
+    package_dir = os.path.dirname(pymedphys.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.package_dir)
+
+
+_PYMEDPHYS_PROGRESS = _PymedphysProgressFilter()
 
 
 class GammaError(ValueError):
@@ -127,6 +149,9 @@ def gamma_analysis(
     normalisation = float(np.max(reference.dose_gy))
     if not normalisation > 0:
         raise GammaError(f"{_name(reference)} has no dose (its maximum is {normalisation:g} Gy)")
+    root = logging.getLogger()
+    if _PYMEDPHYS_PROGRESS not in root.filters:  # idempotent; survives a logging reconfigure
+        root.addFilter(_PYMEDPHYS_PROGRESS)
     doses = sorted({criterion.dose_percent for criterion in wanted})
     distances = sorted({criterion.distance_mm for criterion in wanted})
     computed = pymedphys.gamma(

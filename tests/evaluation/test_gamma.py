@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -126,6 +127,20 @@ def test_reference_dose_outside_the_evaluated_grid_counts_as_failed(reference: D
         criterion.points_evaluated
     )
     assert criterion.pass_rate_percent < 60
+
+
+def test_pymedphys_progress_lines_do_not_reach_the_log(
+    reference: DoseGrid, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pymedphys logs them on the root logger with numpy arrays as arguments, which no
+    # handler can format (pytest's capture handler would raise)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger().info("before")
+
+    result = gamma_analysis(reference, reference, criteria=[(3, 2), (2, 2)])
+
+    assert result.passed
+    assert [record.getMessage() for record in caplog.records] == ["before"]
 
 
 @pytest.mark.parametrize(
