@@ -7,8 +7,14 @@ Takes the real tool's arguments, reads the case's RTPLAN (pydicom) and its ``*.p
 machine logs (the plain-text format documented in ``make_sample_cases.py``), prints a few
 progress lines and writes into the output directory:
 
-    moqui_input/plan_summary.json   plan identity, beams, layers, spots, MU, logs read
+    moqui_input/plan_summary.json   plan identity, beams, layers, spots, MU, logs read,
+                                    and every planned and delivered spot (below)
     moqui_input/moqui_tps.in        MOQUI's key/value input (GPUID, DicomDir, OutputDir, ...)
+
+The summary lists each beam's planned spots (``planned_spots``, from the plan's spot maps
+and meterset weights) and each log's delivered spots (``delivered_spots``), both as
+``[energy_mev, x_mm, y_mm, mu]`` (``spot_columns``), so the MOQUI stand-in computes its
+dose from what was delivered.
 
 ``--case-dir`` defaults to the current directory (the real tool runs in the case folder),
 ``--output-dir`` to ``<case dir>/output``.  Needs only the standard library and pydicom;
@@ -39,16 +45,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydicom
-from pydicom.errors import InvalidDicomError
+from pencil_beam import planned_beams
+
+# pydicom (and numpy, which it loads when installed) takes a while to import on a busy
+# machine: it is imported where DICOM is read, after the start is on record
+if TYPE_CHECKING:
+    import pydicom
 
 TOOL = "interpreter"
 SWITCH_SUFFIX = "INTERPRETER"
 HANG_AT_START = True  # the hang switch stops the interpreter before it does anything
 PLAN_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"}
 LOG_COLUMNS = ("layer", "energy_mev", "x_mm", "y_mm", "mu")
+SPOT_COLUMNS = ["energy_mev", "x_mm", "y_mm", "mu"]
 
 
 class InputError(Exception):
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{TOOL}: case directory {case_dir} does not exist", file=sys.stderr)
         return 1
     record_start(case_dir, TOOL, args.case, args.gpu)
+
     failure = apply_switches(case_dir, SWITCH_SUFFIX)
     if failure is not None:
         return failure
@@ -198,6 +210,9 @@ def case_files(case_dir: Path, suffix: str, skip: Path) -> list[Path]:
 
 
 def find_plan(case_dir: Path, *, skip: Path) -> tuple[Path, pydicom.Dataset]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     found: dict[str, tuple[Path, pydicom.Dataset]] = {}  # by SOPInstanceUID: copies are one
     for path in case_files(case_dir, ".dcm", skip):
         try:
@@ -227,6 +242,9 @@ def summarize_plan(plan: pydicom.Dataset, path: Path) -> dict[str, Any]:
     ]
     if not beams:
         raise InputError(f"{path.name} has no beams")
+    spots = {beam.number: beam.spots for beam in planned_beams(plan)}
+    for beam in beams:
+        beam["planned_spots"] = [list(spot) for spot in spots.get(beam["number"], ())]
     if any(beam["radiation_type"] != "PROTON" for beam in beams):
         print(f"{TOOL}: warning: not a proton plan; simulating anyway", file=sys.stderr)
     groups = plan.get("FractionGroupSequence") or []
@@ -247,13 +265,14 @@ def summarize_plan(plan: pydicom.Dataset, path: Path) -> dict[str, Any]:
         "plan_label": str(plan.get("RTPlanLabel", "")),
         "fractions": int(fractions) if fractions else None,
         "prescription_gy": max(prescriptions) if prescriptions else None,
+        "spot_columns": SPOT_COLUMNS,
         "beams": beams,
     }
 
 
 def _beam_summary(beam: pydicom.Dataset, meterset: dict[int, float]) -> dict[str, Any]:
     points = beam.get("IonControlPointSequence") or beam.get("ControlPointSequence") or []
-    first = points[0] if points else pydicom.Dataset()
+    first = points[0] if points else {}
     energies = [float(p.NominalBeamEnergy) for p in points if "NominalBeamEnergy" in p]
     spots = sum(
         sum(1 for weight in p.ScanSpotMetersetWeights if float(weight) > 0)
@@ -281,9 +300,8 @@ def find_logs(case_dir: Path, *, skip: Path) -> list[Path]:
 def read_log(path: Path, case_dir: Path) -> dict[str, Any]:
     """Parse one text spot log; a malformed data line is an input error naming the line."""
     header: dict[str, str] = {}
-    spots = 0
+    spots: list[list[float]] = []
     layers = set()
-    delivered_mu = 0.0
     name = str(path.relative_to(case_dir))
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, raw in enumerate(lines, start=1):
@@ -300,22 +318,20 @@ def read_log(path: Path, case_dir: Path) -> dict[str, Any]:
                 if len(fields) != len(LOG_COLUMNS):
                     raise ValueError(f"expected {len(LOG_COLUMNS)} fields")
                 layers.add(int(fields[0]))
-                for value in fields[1:4]:
-                    float(value)
-                delivered_mu += float(fields[4])
+                spots.append([float(value) for value in fields[1:5]])
             except ValueError:
                 raise InputError(
                     f"{name} line {number}: expected '{' '.join(LOG_COLUMNS)}', got {line!r}"
                 ) from None
-            spots += 1
     beam_number = header.get("beam_number", "")
     return {
         "file": name,
         "beam_number": int(beam_number) if beam_number.isdecimal() else None,
         "beam_name": header.get("beam_name"),
         "layers": len(layers),
-        "spots": spots,
-        "delivered_mu": round(delivered_mu, 4),
+        "spots": len(spots),
+        "delivered_mu": round(sum(spot[3] for spot in spots), 4),
+        "delivered_spots": spots,
     }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build demo QA case folders from the real RTPLAN that ships with pydicom.
 
-    make_sample_cases.py OUT_DIR [--count N] [--with-invalid] [--seed S]
+    make_sample_cases.py OUT_DIR [--count N] [--with-invalid] [--with-failing-dose] [--seed S]
 
 Needs only the standard library and pydicom (the demo runs it with the project venv's
 python: ``.venv/bin/python hpc_standins/make_sample_cases.py var/demo/incoming``).
@@ -10,10 +10,16 @@ pydicom's ``rtplan.dcm`` test file (bundled in the wheel, no download) is a phot
 Each case keeps its patient, study, dose-reference, fraction-group and setup modules and
 turns it into a pencil-beam-scanning proton plan (RT Ion Plan Storage, two beams with
 energy layers and spot maps), with a new patient ID, new UIDs and seeded spot weights.
+The beams' metersets are set so that the plan gives the prescribed dose per fraction
+(30.83 Gy in 30 fractions) at its maximum, and the planning system's dose is written
+beside the plan: the pencil-beam model of ``pencil_beam.py`` (the one the MOQUI stand-in
+uses) applied to the *planned* spots, on a grid of its own (2.5 mm, 29 x 29 x 23 voxels
+around the isocentre; MOQUI's is 2 mm and larger, as a Monte Carlo grid often is).
 
 Layout of one case folder (``OUT_DIR/case-001``)::
 
     RP.<SOPInstanceUID>.dcm      the RT Ion Plan
+    RD.tps.dcm                   the planning system's RT Dose of the plan (PLAN summation)
     QA0001_beam1.ptn             one machine delivery log per beam (format below)
     QA0001_beam2.ptn
     READY                        ready marker, written last
@@ -22,6 +28,9 @@ Each folder is built under a hidden temporary name (``.case-001.partial``) and r
 when complete, so a scanner never sees half a case.  ``--with-invalid`` adds
 ``case-invalid-not-dicom``, whose plan file is not DICOM: the scanner rejects it with
 "RP.plan.dcm is not a DICOM file", so the demo shows one visible failure.
+``--with-failing-dose`` adds ``case-qa-fail`` (patient QA9001), a valid case whose
+delivery went wrong: beam 2's logs show 15 % more monitor units on every spot than
+planned, so MOQUI's dose fails gamma 3 %/2 mm against the planning system's.
 
 Machine log format (a plain-text stand-in for a spot-scanning ``.ptn`` log)::
 
@@ -40,7 +49,8 @@ Machine log format (a plain-text stand-in for a spot-scanning ``.ptn`` log)::
 Header lines are ``# key: value``; every other non-blank line is one delivered spot:
 energy layer number (1-based), nominal energy in MeV, spot position at isocentre in mm,
 delivered monitor units.  The delivered values deviate slightly from the plan (position
-by ~0.3 mm, MU by ~1 %), as real logs do.
+by ~0.3 mm, MU by ~1 %), as real logs do: MOQUI's dose from them passes gamma 3 %/2 mm
+against the planning system's.
 """
 
 from __future__ import annotations
@@ -55,15 +65,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from pencil_beam import Grid, grid_around, plan_dose, planned_beams
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTIonPlanStorage, generate_uid
+from rt_dose import write_rt_dose
 
 BEAMS = ((1, "B1 G090", 90.0), (2, "B2 G270", 270.0))
 ENERGIES_MEV = (150.0, 145.0, 140.0, 135.0)
 SPOT_GRID = (-12.0, -6.0, 0.0, 6.0, 12.0)  # mm, 5 x 5 spots per layer
 READY_MARKER = "READY"
+TPS_DOSE_FILE = "RD.tps.dcm"
+TPS_GRID_SPACING_MM = 2.5
+TPS_GRID_HALF_EXTENT_MM = (35.0, 35.0, 27.5)  # x, y, z around the isocentre
+INVALID_CASE = "case-invalid-not-dicom"
+FAILING_CASE = "case-qa-fail"
+FAILING_PATIENT_NUMBER = 9001
+FAILING_BEAM, FAILING_MU_FACTOR = 2, 1.15  # beam 2 delivered 15 % too many MU
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-invalid", action="store_true", help="add one invalid case (non-DICOM plan)"
     )
+    parser.add_argument(
+        "--with-failing-dose",
+        action="store_true",
+        help=f"add {FAILING_CASE}: valid, but its delivery fails gamma 3%%/2mm",
+    )
     parser.add_argument("--seed", type=int, default=1, help="spot weights and log noise")
     args = parser.parse_args(argv)
     if args.count < 0:
@@ -81,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     names = [f"case-{number:03d}" for number in range(1, args.count + 1)]
     if args.with_invalid:
-        names.append("case-invalid-not-dicom")
+        names.append(INVALID_CASE)
+    if args.with_failing_dose:
+        names.append(FAILING_CASE)
     existing = [name for name in names if (args.out_dir / name).exists()]
     if existing:
         print(f"make_sample_cases: already exist in {args.out_dir}: {existing}", file=sys.stderr)
@@ -91,8 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         _publish(args.out_dir, name, lambda folder, n=number: _valid_case(folder, n, args.seed))
         print(f"created {args.out_dir / name}")
     if args.with_invalid:
-        _publish(args.out_dir, names[-1], _invalid_case)
-        print(f"created {args.out_dir / names[-1]} (invalid on purpose: plan is not DICOM)")
+        _publish(args.out_dir, INVALID_CASE, _invalid_case)
+        print(f"created {args.out_dir / INVALID_CASE} (invalid on purpose: plan is not DICOM)")
+    if args.with_failing_dose:
+        _publish(
+            args.out_dir,
+            FAILING_CASE,
+            lambda folder: _valid_case(
+                folder,
+                FAILING_PATIENT_NUMBER,
+                args.seed,
+                mu_error={FAILING_BEAM: FAILING_MU_FACTOR},
+            ),
+        )
+        print(
+            f"created {args.out_dir / FAILING_CASE} (valid, but beam {FAILING_BEAM} delivered "
+            f"{FAILING_MU_FACTOR - 1:.0%} too many MU: fails gamma)"
+        )
     return 0
 
 
@@ -106,16 +147,68 @@ def _publish(out_dir: Path, name: str, build: Callable[[Path], None]) -> None:
     os.rename(partial, out_dir / name)
 
 
-def _valid_case(folder: Path, number: int, seed: int) -> None:
+def _valid_case(
+    folder: Path, number: int, seed: int, *, mu_error: dict[int, float] | None = None
+) -> None:
+    """A plan, its planning system's dose and its delivery logs.
+
+    ``mu_error`` maps a beam number to the factor its delivered MU are off by.
+    """
     rng = random.Random(seed * 100_003 + number)
     patient_id = f"QA{number:04d}"
     plan = _ion_plan(patient_id, number, rng)
+    grid = _tps_grid(plan)
+    _normalise_to_prescription(plan, grid)
     plan.save_as(folder / f"RP.{plan.SOPInstanceUID}.dcm", enforce_file_format=True)
-    start = dt.datetime(2025, 1, 1, 10, 0) + dt.timedelta(days=number, minutes=15)
+    write_rt_dose(
+        folder / TPS_DOSE_FILE,
+        plan_dose(planned_beams(plan), grid),
+        grid,
+        plan=_identity(plan),
+        manufacturer="Treatment planning system (MQI Communicator stand-in)",
+        series_description=f"TPS dose {plan.RTPlanLabel}",
+    )
+    start = dt.datetime(2025, 1, 1, 10, 0) + dt.timedelta(days=number % 1000, minutes=15)
     for beam in plan.IonBeamSequence:
-        log = _machine_log(plan, beam, start, rng)
+        factor = (mu_error or {}).get(int(beam.BeamNumber), 1.0)
+        log = _machine_log(plan, beam, start, rng, mu_factor=factor)
         (folder / f"{patient_id}_beam{beam.BeamNumber}.ptn").write_text(log)
         start += dt.timedelta(minutes=4)
+
+
+def _tps_grid(plan: Dataset) -> Grid:
+    isocenter = planned_beams(plan)[0].isocenter_mm
+    return grid_around(
+        isocenter, spacing_mm=TPS_GRID_SPACING_MM, half_extent_mm=TPS_GRID_HALF_EXTENT_MM
+    )
+
+
+def _normalise_to_prescription(plan: Dataset, grid: Grid) -> None:
+    """Scale the beams' metersets so the plan's maximum dose is the dose per fraction.
+
+    What a planning system's normalisation does; the dose is then recomputed from the
+    rounded metersets, so the written dose is exactly the saved plan's.
+    """
+    prescription = max(
+        float(reference.TargetPrescriptionDose)
+        for reference in plan.DoseReferenceSequence
+        if "TargetPrescriptionDose" in reference
+    )
+    per_fraction = prescription / int(plan.FractionGroupSequence[0].NumberOfFractionsPlanned)
+    factor = per_fraction / max(plan_dose(planned_beams(plan), grid))
+    for reference in plan.FractionGroupSequence[0].ReferencedBeamSequence:
+        reference.BeamMeterset = round(float(reference.BeamMeterset) * factor, 4)
+
+
+def _identity(plan: Dataset) -> dict[str, str]:
+    return {
+        "sop_instance_uid": str(plan.SOPInstanceUID),
+        "sop_class_uid": str(plan.SOPClassUID),
+        "patient_id": str(plan.PatientID),
+        "patient_name": str(plan.PatientName),
+        "study_instance_uid": str(plan.StudyInstanceUID),
+        "frame_of_reference_uid": str(plan.FrameOfReferenceUID),
+    }
 
 
 def _invalid_case(folder: Path) -> None:
@@ -240,7 +333,9 @@ def _control_point(energy: float, positions: list[float]) -> Dataset:
     return point
 
 
-def _machine_log(plan: Dataset, beam: Dataset, start: dt.datetime, rng: random.Random) -> str:
+def _machine_log(
+    plan: Dataset, beam: Dataset, start: dt.datetime, rng: random.Random, *, mu_factor: float
+) -> str:
     meterset = next(
         float(reference.BeamMeterset)
         for reference in plan.FractionGroupSequence[0].ReferencedBeamSequence
@@ -268,7 +363,7 @@ def _machine_log(plan: Dataset, beam: Dataset, start: dt.datetime, rng: random.R
         for spot, weight in enumerate(weights):
             x = positions[2 * spot] + rng.gauss(0.0, 0.3)
             y = positions[2 * spot + 1] + rng.gauss(0.0, 0.3)
-            mu = weight * mu_per_weight * (1.0 + rng.gauss(0.0, 0.01))
+            mu = weight * mu_per_weight * mu_factor * (1.0 + rng.gauss(0.0, 0.01))
             lines.append(f"{layer} {float(point.NominalBeamEnergy):.3f} {x:.2f} {y:.2f} {mu:.6f}")
     return "\n".join(lines) + "\n"
 

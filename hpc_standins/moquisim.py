@@ -2,7 +2,7 @@
 """Stand-in for the MOQUI Monte Carlo simulation: MOQUI input -> RT Dose DICOM.
 
     moquisim.py --case CASE_ID --gpu GPU_ID [--case-dir DIR] [--output-dir DIR]
-                [--batches N] [--batch-seconds S]
+                [--input-dir DIR] [--batches N] [--batch-seconds S] [--beam N]
 
 Prints MOQUI's progress lines, flushed one by one, exactly as the real engine does::
 
@@ -13,18 +13,33 @@ Prints MOQUI's progress lines, flushed one by one, exactly as the real engine do
 (each line is printed when its batch starts; a batch takes ``--batch-seconds``), then
 writes into the output directory:
 
-    RTDOSE.dcm   RT Dose Storage, valid File Meta, a 16 x 12 x 10 dose grid (3 mm) with
-                 DoseGridScaling, referencing the plan's SOPInstanceUID in
-                 ReferencedRTPlanSequence and sharing its patient, study and frame of reference
+    RTDOSE.dcm   RT Dose Storage, valid File Meta, a 41 x 41 x 31 dose grid (2 mm, centred
+                 on the isocentre) in Gy with DoseGridScaling, referencing the plan's
+                 SOPInstanceUID in ReferencedRTPlanSequence and sharing its patient, study
+                 and frame of reference
     moqui.log    everything printed on stdout
 
-It reads the interpreter's ``<output dir>/moqui_input/plan_summary.json``; without it
-(moquisim run on its own) it reads the RTPLAN from the case folder and says so on stderr.
-``--case-dir`` defaults to the current directory, ``--output-dir`` to
-``<case dir>/output``.  Needs only the standard library and pydicom; the demo and the
-tests run it with the project venv's python.
+The dose is the pencil-beam model of ``pencil_beam.py`` applied to the spots the machine
+logs say were *delivered* (energy, position, MU), so a delivery that differs from the plan
+gives a different dose.  It reads them from the interpreter's
+``<input dir>/moqui_input/plan_summary.json`` (``--input-dir`` defaults to the output
+directory); a beam without a log is simulated from its planned spots, with a warning.
+Without the summary (moquisim run on its own) it reads the RTPLAN and the machine logs
+from the case folder itself, as the interpreter does, and says so on stderr: the dose is
+still the delivered one, never silently the plan's.
 
-Exit codes: 0 done, 1 bad input (no plan), 2 bad arguments, N when asked to fail.
+``--beam N`` simulates only treatment beam N: ``RTDOSE.dcm`` then holds that beam's dose
+(DoseSummationType BEAM, the beam named in the plan reference) on the same grid as the
+whole plan's, so the doses of separate ``--beam`` runs add up to the plan's dose.  Beams
+run in parallel each get an output directory of their own and ``--input-dir`` naming
+the one the interpreter wrote to.
+
+``--case-dir`` defaults to the current directory, ``--output-dir`` to
+``<case dir>/output``, ``--input-dir`` to the output directory.  Needs only the standard
+library and pydicom; the demo and the tests run it with the project venv's python.
+
+Exit codes: 0 done, 1 bad input (no plan, no spots to simulate), 2 bad arguments (also
+``--beam`` naming a beam the plan does not have), N when asked to fail.
 
 Behaviour switches for tests: a file of that name in the case folder, or else an
 environment variable of that name (the file wins):
@@ -42,42 +57,32 @@ appends one line to ``<case dir>/.mqi_starts/moquisim``.
 from __future__ import annotations
 
 import argparse
-import array
 import datetime as dt
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import pydicom
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.sequence import Sequence
-from pydicom.tag import Tag
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ExplicitVRLittleEndian,
-    RTDoseStorage,
-    RTIonPlanStorage,
-    generate_uid,
-)
-from pydicom.valuerep import format_number_as_ds
+from pencil_beam import Beam, Grid, grid_around, plan_dose
 
 TOOL = "moquisim"
 SWITCH_SUFFIX = "MOQUI"
 HANG_AT_START = False  # MOQUI hangs mid-simulation, after its first progress line
 PLAN_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"}
 DOSE_FILE = "RTDOSE.dcm"
-COLUMNS, ROWS, FRAMES = 16, 12, 10
-SPACING_MM = 3.0
+GRID_SPACING_MM = 2.0
+GRID_HALF_EXTENT_MM = (40.0, 40.0, 30.0)  # x, y, z around the isocentre
 _log: TextIO | None = None
 
 
 class InputError(Exception):
     """The simulation has nothing to work on; the message says why (exit code 1)."""
+
+
+class UsageError(Exception):
+    """The arguments do not fit the input (exit code 2)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,17 +92,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", required=True, type=_gpu_index, help="GPU index")
     parser.add_argument("--case-dir", type=Path, default=None, help="default: current dir")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: CASE_DIR/output")
+    parser.add_argument(
+        "--input-dir", type=Path, default=None, help="holds moqui_input/; default: OUTPUT_DIR"
+    )
     parser.add_argument("--batches", type=int, default=10, help="default 10")
     parser.add_argument("--batch-seconds", type=float, default=0.5, help="default 0.5")
+    parser.add_argument(
+        "--beam", type=_beam_number, default=None, help="simulate only this treatment beam"
+    )
     args = parser.parse_args(argv)
     if args.batches < 1 or args.batch_seconds < 0:
         parser.error("--batches must be >= 1 and --batch-seconds >= 0")
     case_dir = (args.case_dir or Path.cwd()).absolute()
     output_dir = (args.output_dir or case_dir / "output").absolute()
+    input_dir = (args.input_dir or output_dir).absolute()
     if not case_dir.is_dir():
         print(f"{TOOL}: case directory {case_dir} does not exist", file=sys.stderr)
         return 1
     record_start(case_dir, TOOL, args.case, args.gpu)
+    # pydicom (and numpy, which it loads when installed) takes a while to import on a busy
+    # machine: only after the start is on record, so a start shows at once
+    from rt_dose import write_rt_dose
+
     failure = apply_switches(case_dir, SWITCH_SUFFIX)
     if failure is not None:
         return failure
@@ -107,14 +123,28 @@ def main(argv: list[str] | None = None) -> int:
         _log = log
         say("MOQUI (stand-in) Monte Carlo dose engine")
         try:
-            summary = load_summary(case_dir, output_dir)
-        except InputError as exc:
+            summary = load_summary(case_dir, output_dir, input_dir)
+            beams = beams_to_simulate(summary, args.beam)
+        except (InputError, UsageError) as exc:
             print(f"{TOOL}: {exc}", file=sys.stderr)
             log.write(f"ERROR: {exc}\n")
-            return 1
-        simulate(args, case_dir, summary)
+            return 2 if isinstance(exc, UsageError) else 1
+        simulate(args, case_dir, summary, beams)
+        grid = dose_grid(summary)
+        doses = plan_dose(beams, grid)
         say(f"Writing dose to {DOSE_FILE}")
-        write_dose(output_dir / DOSE_FILE, summary, args.case)
+        description = f"MOQUI dose for case {args.case}"
+        if args.beam is not None:
+            description += f" beam {args.beam}"
+        write_rt_dose(
+            output_dir / DOSE_FILE,
+            doses,
+            grid,
+            plan=summary,
+            manufacturer="MOQUI (MQI Communicator stand-in)",
+            series_description=description,
+            beam_number=args.beam,
+        )
         say("MOQUI finished")
     return 0
 
@@ -125,6 +155,12 @@ def _gpu_index(value: str) -> int:
     return int(value)
 
 
+def _beam_number(value: str) -> int:
+    if not value.isdecimal() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"beam number must be a positive integer, not {value!r}")
+    return int(value)
+
+
 def say(line: str) -> None:
     print(line, flush=True)
     if _log is not None:
@@ -132,9 +168,14 @@ def say(line: str) -> None:
         _log.flush()
 
 
-def simulate(args: argparse.Namespace, case_dir: Path, summary: dict[str, Any]) -> None:
+def simulate(
+    args: argparse.Namespace, case_dir: Path, summary: dict[str, Any], beams: list[Beam]
+) -> None:
     say(f"Case {args.case!r}, plan {summary.get('plan_file')}, GPU {args.gpu}")
-    say(f"Beams: {', '.join(str(beam['number']) for beam in summary['beams'])}")
+    say(f"Beams: {', '.join(str(beam.number) for beam in beams)}")
+    for beam in beams:
+        mu = sum(spot[3] for spot in beam.spots)
+        say(f"Beam {beam.number}: {len(beam.spots)} spots, {mu:.4f} MU")
     started = time.monotonic()
     for batch in range(1, args.batches + 1):
         say(f"Generating particles for ({batch} of {args.batches} batches)")
@@ -215,9 +256,9 @@ def _failure(spec: str, name: str) -> tuple[int, str]:
 # --- input ------------------------------------------------------------------------------------
 
 
-def load_summary(case_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """The interpreter's plan summary, or (run on its own) one read from the RTPLAN."""
-    path = output_dir / "moqui_input" / "plan_summary.json"
+def load_summary(case_dir: Path, output_dir: Path, input_dir: Path) -> dict[str, Any]:
+    """The interpreter's plan summary, or (run on its own) one read from the case folder."""
+    path = input_dir / "moqui_input" / "plan_summary.json"
     if path.is_file():
         say(f"Reading MOQUI input {path}")
         try:
@@ -225,140 +266,81 @@ def load_summary(case_dir: Path, output_dir: Path) -> dict[str, Any]:
         except ValueError as exc:
             raise InputError(f"{path} is not valid JSON: {exc}") from None
     print(
-        f"{TOOL}: warning: no interpreter output in {path.parent}; reading the RTPLAN directly",
+        f"{TOOL}: warning: no interpreter output in {path.parent}; "
+        "reading the RTPLAN and the machine logs directly",
         file=sys.stderr,
     )
-    return _summary_from_plan(case_dir, skip=output_dir)
+    return _summary_from_case(case_dir, skip=output_dir)
 
 
-def _summary_from_plan(case_dir: Path, *, skip: Path) -> dict[str, Any]:
-    for folder, dirs, files in os.walk(case_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != skip)
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(".dcm"):
-                continue
-            try:
-                plan = pydicom.dcmread(Path(folder, name), stop_before_pixels=True)
-            except (InvalidDicomError, OSError):
-                continue
-            if plan.get("Modality") != "RTPLAN" and plan.get("SOPClassUID") not in (
-                PLAN_SOP_CLASSES
-            ):
-                continue
-            beams = plan.get("IonBeamSequence") or plan.get("BeamSequence") or []
-            return {
-                "plan_file": name,
-                "sop_class_uid": str(plan.get("SOPClassUID", "")),
-                "sop_instance_uid": str(plan.get("SOPInstanceUID", "")),
-                "study_instance_uid": str(plan.get("StudyInstanceUID", "")),
-                "frame_of_reference_uid": str(plan.get("FrameOfReferenceUID", "")),
-                "patient_id": str(plan.get("PatientID", "")),
-                "patient_name": str(plan.get("PatientName", "")),
-                "beams": [{"number": int(beam.BeamNumber)} for beam in beams],
-            }
-    raise InputError(f"no MOQUI input and no RTPLAN DICOM file in {case_dir}")
+def _summary_from_case(case_dir: Path, *, skip: Path) -> dict[str, Any]:
+    """What the interpreter would pass on: the plan, and the spots its logs delivered.
+
+    Read with the interpreter's own functions, so that moquisim on its own still computes
+    the *delivered* dose: the planned spots alone would give the planning system's dose
+    and pass any QA.
+    """
+    import interpreter
+
+    try:
+        plan_path, plan = interpreter.find_plan(case_dir, skip=skip)
+        summary = interpreter.summarize_plan(plan, plan_path)
+        logs = interpreter.find_logs(case_dir, skip=skip)
+        summary["logs"] = [interpreter.read_log(path, case_dir) for path in logs]
+    except interpreter.InputError as exc:
+        raise InputError(f"no MOQUI input, and the case folder cannot be read: {exc}") from None
+    return summary
+
+
+def beams_to_simulate(summary: dict[str, Any], only: int | None) -> list[Beam]:
+    """The plan's beams with the spots their logs delivered (planned spots without a log)."""
+    delivered: dict[int, list[tuple[float, float, float, float]]] = {}
+    for log in summary.get("logs") or []:
+        if log.get("beam_number") is not None:
+            spots = [tuple(spot) for spot in log.get("delivered_spots") or []]
+            delivered.setdefault(log["beam_number"], []).extend(spots)  # type: ignore[arg-type]
+    numbers = [beam["number"] for beam in summary["beams"]]
+    if only is not None and only not in numbers:
+        raise UsageError(f"--beam {only}: the plan has no beam {only} (its beams: {numbers})")
+    beams = []
+    for beam in summary["beams"]:
+        if only is not None and beam["number"] != only:
+            continue
+        spots = delivered.get(beam["number"])
+        if spots is None:
+            spots = [tuple(spot) for spot in beam.get("planned_spots") or []]
+            if spots:
+                print(
+                    f"{TOOL}: warning: no delivery log for beam {beam['number']}; "
+                    "simulating its planned spots",
+                    file=sys.stderr,
+                )
+        if not spots:
+            print(f"{TOOL}: warning: beam {beam['number']} has no spots", file=sys.stderr)
+            continue
+        beams.append(
+            Beam(
+                number=beam["number"],
+                gantry_angle=beam.get("gantry_angle") or 0.0,
+                isocenter_mm=tuple(beam.get("isocenter_mm") or (0.0, 0.0, 0.0)),
+                spots=tuple(spots),  # type: ignore[arg-type]
+            )
+        )
+    if not beams:
+        raise InputError("no beam with scan spots to simulate (is this a PBS proton plan?)")
+    return beams
 
 
 # --- output -----------------------------------------------------------------------------------
 
 
-def dose_grid(summary: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """A smooth dose cloud, one elongated Gaussian per beam along its gantry direction.
-
-    Returns the voxel doses in Gy (frame-major, then row, then column) and the grid origin.
-    Its maximum is the dose per fraction when the plan gives prescription and fractions.
-    """
-    beams = summary.get("beams") or [{}]
-    isocenter = next((b["isocenter_mm"] for b in beams if b.get("isocenter_mm")), [0.0] * 3)
-    origin = [
-        isocenter[0] - SPACING_MM * (COLUMNS - 1) / 2,
-        isocenter[1] - SPACING_MM * (ROWS - 1) / 2,
-        isocenter[2] - SPACING_MM * (FRAMES - 1) / 2,
-    ]
-    angles = [math.radians(beam.get("gantry_angle") or 0.0) for beam in beams]
-    directions = [(math.sin(angle), math.cos(angle)) for angle in angles]
-    doses = []
-    for frame in range(FRAMES):
-        dz = origin[2] + frame * SPACING_MM - isocenter[2]
-        for row in range(ROWS):
-            dy = origin[1] + row * SPACING_MM - isocenter[1]
-            for column in range(COLUMNS):
-                dx = origin[0] + column * SPACING_MM - isocenter[0]
-                total = 0.0
-                for sin_g, cos_g in directions:
-                    along = dx * sin_g + dy * cos_g
-                    across_sq = dx * dx + dy * dy + dz * dz - along * along
-                    total += math.exp(-(along**2) / 800.0 - across_sq / 200.0)
-                doses.append(total)
-    prescription, fractions = summary.get("prescription_gy"), summary.get("fractions")
-    peak = prescription / fractions if prescription and fractions else 2.0
-    highest = max(doses) or 1.0
-    return [dose * peak / highest for dose in doses], origin
-
-
-def write_dose(path: Path, summary: dict[str, Any], case_id: str) -> None:
-    doses, origin = dose_grid(summary)
-    # the stored (decimal string) scaling is the one the pixel values must be divided by
-    scaling = float(format_number_as_ds(max(doses) / 65000 if max(doses) > 0 else 1.0))
-    pixels = array.array("H", (round(dose / scaling) for dose in doses))
-    if sys.byteorder == "big":
-        pixels.byteswap()  # DICOM Explicit VR Little Endian
-
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTDoseStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "MQI_STANDIN_1"
-    dose = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    now = dt.datetime.now()
-    dose.SOPClassUID = RTDoseStorage
-    dose.SOPInstanceUID = sop_uid
-    dose.Modality = "RTDOSE"
-    dose.Manufacturer = "MOQUI (MQI Communicator stand-in)"
-    dose.InstanceCreationDate = dose.ContentDate = now.strftime("%Y%m%d")
-    dose.InstanceCreationTime = dose.ContentTime = now.strftime("%H%M%S")
-    dose.PatientName = summary.get("patient_name", "")
-    dose.PatientID = summary.get("patient_id", "")
-    dose.PatientBirthDate = ""
-    dose.PatientSex = ""
-    dose.StudyInstanceUID = summary.get("study_instance_uid") or generate_uid()
-    dose.StudyDate = dose.StudyTime = dose.ReferringPhysicianName = ""
-    dose.StudyID = dose.AccessionNumber = ""
-    dose.SeriesInstanceUID = generate_uid()
-    dose.SeriesNumber = 1
-    dose.SeriesDescription = f"MOQUI dose for case {case_id}"[:64]
-    dose.InstanceNumber = 1
-    dose.FrameOfReferenceUID = summary.get("frame_of_reference_uid") or generate_uid()
-    dose.PositionReferenceIndicator = ""
-    dose.ImagePositionPatient = [round(value, 3) for value in origin]
-    dose.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    dose.SamplesPerPixel = 1
-    dose.PhotometricInterpretation = "MONOCHROME2"
-    dose.NumberOfFrames = FRAMES
-    dose.FrameIncrementPointer = Tag("GridFrameOffsetVector")
-    dose.Rows, dose.Columns = ROWS, COLUMNS
-    dose.PixelSpacing = [SPACING_MM, SPACING_MM]
-    dose.SliceThickness = SPACING_MM
-    dose.BitsAllocated = dose.BitsStored = 16
-    dose.HighBit = 15
-    dose.PixelRepresentation = 0
-    dose.DoseUnits = "GY"
-    dose.DoseType = "PHYSICAL"
-    dose.DoseSummationType = "PLAN"
-    dose.TissueHeterogeneityCorrection = "IMAGE"
-    dose.GridFrameOffsetVector = [frame * SPACING_MM for frame in range(FRAMES)]
-    dose.DoseGridScaling = format_number_as_ds(scaling)
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = summary.get("sop_class_uid") or RTIonPlanStorage
-    reference.ReferencedSOPInstanceUID = summary["sop_instance_uid"]
-    dose.ReferencedRTPlanSequence = Sequence([reference])
-    dose.PixelData = pixels.tobytes()
-
-    partial = path.with_name(f".{path.name}.partial")
-    dose.save_as(partial, enforce_file_format=True)
-    os.replace(partial, path)
+def dose_grid(summary: dict[str, Any]) -> Grid:
+    """The plan's dose grid, centred on its (first) isocentre: the same for every --beam."""
+    isocenter = next(
+        (beam["isocenter_mm"] for beam in summary["beams"] if beam.get("isocenter_mm")),
+        [0.0, 0.0, 0.0],
+    )
+    return grid_around(isocenter, spacing_mm=GRID_SPACING_MM, half_extent_mm=GRID_HALF_EXTENT_MM)
 
 
 if __name__ == "__main__":

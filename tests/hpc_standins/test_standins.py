@@ -64,7 +64,9 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("incoming")
-    result = run("make_sample_cases.py", out, "--count", "2", "--with-invalid")
+    result = run(
+        "make_sample_cases.py", out, "--count", "2", "--with-invalid", "--with-failing-dose"
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -104,9 +106,11 @@ def test_samples_are_valid_cases_plus_one_invalid_one(samples: Path) -> None:
         for path in iter_candidate_folders(samples)
     }
 
-    assert sorted(verdicts) == ["case-001", "case-002", "case-invalid-not-dicom"]
+    assert sorted(verdicts) == ["case-001", "case-002", "case-invalid-not-dicom", "case-qa-fail"]
     assert verdicts["case-001"].state == FolderState.READY_VALID
     assert verdicts["case-002"].state == FolderState.READY_VALID
+    # its delivery is wrong, not its folder: the logs name the plan's patient and beams
+    assert verdicts["case-qa-fail"].state == FolderState.READY_VALID, verdicts["case-qa-fail"]
     assert verdicts["case-invalid-not-dicom"].state == FolderState.READY_INVALID
     assert verdicts["case-invalid-not-dicom"].reasons == ["RP.plan.dcm is not a DICOM file"]
     assert not list(samples.glob(".*"))  # no partial folders left behind
@@ -127,6 +131,37 @@ def test_a_sample_is_a_proton_plan_with_one_log_per_beam(samples: Path) -> None:
     assert f"# plan_sop_instance_uid: {plan.SOPInstanceUID}" in (case / logs[0]).read_text()
     assert (case / "READY").exists()
     assert plan.SOPInstanceUID != plan_uid(samples / "case-001")
+
+
+def test_a_sample_holds_the_planning_systems_dose_of_its_plan(samples: Path) -> None:
+    case = samples / "case-001"
+    plan = pydicom.dcmread(next(case.glob("RP.*.dcm")))
+    dose = pydicom.dcmread(case / "RD.tps.dcm")
+
+    assert_valid_rt_dose(dose, plan.SOPInstanceUID)
+    assert (dose.PatientID, dose.StudyInstanceUID, dose.FrameOfReferenceUID) == (
+        plan.PatientID,
+        plan.StudyInstanceUID,
+        plan.FrameOfReferenceUID,
+    )
+    assert dose.DoseSummationType == "PLAN"
+    assert (dose.Columns, dose.Rows, dose.NumberOfFrames) == (29, 29, 23)
+    # the plan is normalised so its maximum is the dose per fraction
+    assert max_dose_gy(dose) == pytest.approx(30.826203 / 30, rel=1e-4)
+
+
+def test_the_failing_sample_delivered_15_percent_more_mu_on_beam_2(samples: Path) -> None:
+    case = samples / "case-qa-fail"
+    plan = pydicom.dcmread(next(case.glob("RP.*.dcm")))
+    planned = {
+        int(ref.ReferencedBeamNumber): float(ref.BeamMeterset)
+        for ref in plan.FractionGroupSequence[0].ReferencedBeamSequence
+    }
+    delivered = {beam: log_mu(case / f"QA9001_beam{beam}.ptn") for beam in (1, 2)}
+
+    assert plan.PatientID == "QA9001"
+    assert delivered[1] == pytest.approx(planned[1], rel=0.01)
+    assert delivered[2] == pytest.approx(1.15 * planned[2], rel=0.01)
 
 
 def test_it_refuses_to_overwrite_existing_cases(samples: Path) -> None:
@@ -155,6 +190,13 @@ def test_the_interpreter_writes_moqui_input(case: Path, tmp_path: Path) -> None:
     assert summary["sop_instance_uid"] == plan_uid(case)
     assert [beam["spots"] for beam in summary["beams"]] == [100, 100]
     assert [log["beam_number"] for log in summary["logs"]] == [1, 2]
+    assert summary["spot_columns"] == ["energy_mev", "x_mm", "y_mm", "mu"]
+    assert len(summary["beams"][0]["planned_spots"]) == 100
+    assert summary["beams"][0]["planned_spots"][0][0] == 150.0
+    assert len(summary["logs"][1]["delivered_spots"]) == 100
+    assert sum(spot[3] for spot in summary["logs"][1]["delivered_spots"]) == pytest.approx(
+        summary["logs"][1]["delivered_mu"], abs=1e-4
+    )
     tps = (output / "moqui_input" / "moqui_tps.in").read_text()
     assert "GPUID 1\n" in tps
     assert f"DicomDir {case}\n" in tps
@@ -277,10 +319,67 @@ def test_moquisim_prints_progress_and_writes_an_rt_dose(interpreted: Path) -> No
     dose = pydicom.dcmread(case / "output" / "RTDOSE.dcm")
     assert_valid_rt_dose(dose, plan_uid(case))
     assert dose.PatientID == "QA0001"
-    assert 1.02 < max_dose_gy(dose) < 1.03  # 30.83 Gy prescription in 30 fractions
+    # the plan gives 30.83 Gy in 30 fractions at its maximum; the delivery differs a little
+    # and the two grids sample the Bragg peaks at different points
+    assert max_dose_gy(dose) == pytest.approx(30.826203 / 30, rel=0.05)
+    assert (dose.Columns, dose.Rows, dose.NumberOfFrames) == (41, 41, 31)
+    assert dose.DoseSummationType == "PLAN"
     log = (case / "output" / "moqui.log").read_text()
     assert "Generating particles for (4 of 4 batches)" in log
     assert len(starts(case, "moquisim")) == 1
+
+
+def test_moquisim_computes_the_dose_the_logs_delivered(interpreted: Path, tmp_path: Path) -> None:
+    as_planned = tmp_path / "as-planned"
+    run(
+        "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
+        "--output-dir", as_planned, "--batches", "1", "--batch-seconds", "0",
+    )  # fmt: skip
+    summary_file = interpreted / "output" / "moqui_input" / "plan_summary.json"
+    summary = json.loads(summary_file.read_text())
+    for spot in summary["logs"][0]["delivered_spots"]:  # beam 1 given twice its MU
+        spot[3] *= 2
+    summary_file.write_text(json.dumps(summary))
+
+    result = run(
+        "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
+        "--batches", "1", "--batch-seconds", "0",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    higher = max_dose_gy(pydicom.dcmread(interpreted / "output" / "RTDOSE.dcm"))
+    assert higher > 1.3 * max_dose_gy(pydicom.dcmread(as_planned / "RTDOSE.dcm"))
+
+
+def test_moquisim_simulates_one_beam_on_request(interpreted: Path, tmp_path: Path) -> None:
+    output = tmp_path / "beam-2"
+
+    result = run(
+        "moquisim.py", "--case", "case-001", "--gpu", "0", "--case-dir", interpreted,
+        "--output-dir", output, "--batches", "2", "--batch-seconds", "0", "--beam", "2",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "Beams: 2\n" in result.stdout
+    dose = pydicom.dcmread(output / "RTDOSE.dcm")
+    assert_valid_rt_dose(dose, plan_uid(interpreted))
+    assert dose.DoseSummationType == "BEAM"
+    (plan_reference,) = dose.ReferencedRTPlanSequence
+    (group,) = plan_reference.ReferencedFractionGroupSequence
+    assert [beam.ReferencedBeamNumber for beam in group.ReferencedBeamSequence] == [2]
+    assert dose.SeriesDescription == "MOQUI dose for case case-001 beam 2"
+    assert (dose.Columns, dose.Rows, dose.NumberOfFrames) == (41, 41, 31)  # the plan's grid
+
+
+def test_moquisim_refuses_a_beam_the_plan_does_not_have(interpreted: Path) -> None:
+    result = run(
+        "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
+        "--batches", "1", "--batch-seconds", "0", "--beam", "3",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "--beam 3: the plan has no beam 3 (its beams: [1, 2])" in result.stderr
+    assert not (interpreted / "output" / "RTDOSE.dcm").exists()
 
 
 def test_progress_lines_arrive_one_by_one(interpreted: Path) -> None:
@@ -306,8 +405,24 @@ def test_moquisim_on_its_own_reads_the_plan_itself(case: Path, tmp_path: Path) -
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    assert "reading the RTPLAN directly" in result.stderr
+    assert "reading the RTPLAN and the machine logs directly" in result.stderr
     assert_valid_rt_dose(pydicom.dcmread(output / "RTDOSE.dcm"), plan_uid(case))
+
+
+def test_moquisim_on_its_own_still_computes_the_delivered_dose(
+    interpreted: Path, tmp_path: Path
+) -> None:
+    # the same case with and without the interpreter's output: the same delivered spots
+    with_input, on_its_own = tmp_path / "with-input", tmp_path / "on-its-own"
+    for output, extra in ((with_input, ["--input-dir", interpreted / "output"]), (on_its_own, [])):
+        result = run(
+            "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
+            "--output-dir", output, "--batches", "1", "--batch-seconds", "0", *extra,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    assert "reading the RTPLAN" not in (with_input / "moqui.log").read_text()
+    assert pixels(with_input / "RTDOSE.dcm") == pixels(on_its_own / "RTDOSE.dcm")
 
 
 @pytest.mark.parametrize("how", ["file", "env"])
@@ -484,6 +599,16 @@ def assert_valid_rt_dose(dose: pydicom.Dataset, plan_sop_instance_uid: str) -> N
     assert len(dose.GridFrameOffsetVector) == frames
     assert len(dose.PixelData) == dose.Rows * dose.Columns * frames * 2
     assert dose.BitsAllocated == 16
+
+
+def pixels(path: Path) -> tuple[bytes, str]:
+    dose = pydicom.dcmread(path)
+    return dose.PixelData, str(dose.DoseGridScaling)
+
+
+def log_mu(path: Path) -> float:
+    lines = path.read_text().splitlines()
+    return sum(float(line.split()[4]) for line in lines if line and not line.startswith("#"))
 
 
 def max_dose_gy(dose: pydicom.Dataset) -> float:
