@@ -11,6 +11,8 @@ from pydicom.data import get_testdata_file
 from evaluation.dose import DoseFileError, read_dose, summarize_dose
 from tests.evaluation.grids import FRAME_OF_REFERENCE_UID, PLAN_UID, rt_dose, save
 
+pytestmark = pytest.mark.pure
+
 
 def ramp(frames: int = 4, rows: int = 3, columns: int = 5) -> np.ndarray:
     """Distinct doses: 0.01 Gy * (100 * frame + 10 * row + column), max at the last voxel."""
