@@ -54,7 +54,8 @@ def empty_folder(site: Site) -> str:
 
 def no_rtplan(site: Site) -> str:
     folder = site.sample("QA-no-rtplan")
-    (folder / "RP.plan.dcm").unlink()
+    for dicom in folder.glob("*.dcm"):  # the plan and the TPS dose beside it
+        dicom.unlink()
     return folder.name
 
 
@@ -219,7 +220,7 @@ CORPUS = [
         dicom_that_is_not_a_plan,
         FAILED,
         INVALID,
-        ("no RTPLAN among the files matching '*.dcm' (RD.dose.dcm: Modality RTDOSE)",),
+        ("no RTPLAN among the files matching '*.dcm' (", "RD.dose.dcm: Modality RTDOSE"),
     ),
     Bad(
         "an RTPLAN with no beams",

@@ -78,6 +78,16 @@ def test_cases_that_have_not_started_move_to_the_server_that_is_up(production, t
     system.drop(staging, batch)
     system.wait_for_step("run_moqui_sim")
 
+    def uploading_to_the_server_that_goes_down() -> bool:
+        (count,) = system.db.query(
+            "SELECT count(*) FROM cases_workflowstep WHERE name = 'upload_case_files'"
+            " AND status IN ('DISPATCHED', 'RUNNING') AND host = %s",
+            ("gpu1",),
+        )[0]
+        return count > 0
+
+    # a case that has run nothing on the server yet is what can move: kill it mid-upload
+    system.wait_until(uploading_to_the_server_that_goes_down, "an upload to gpu1", poll=0.02)
     down.kill()
     time.sleep(OUTAGE_SEC)
     down.start()
