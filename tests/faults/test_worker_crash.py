@@ -7,6 +7,7 @@ the executor re-attaches instead of starting again, and transfers resume.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import Counter
@@ -17,8 +18,11 @@ from tests.harness import standard_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
+# Two seeds in every test run; bin/reliability records three for docs/reliability.md.
+SEEDS = [int(seed) for seed in os.environ.get("MQI_FAULT_SEEDS", "1,2").split(",")]
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_workers_killed_at_random_moments_lose_nothing_and_run_nothing_twice(
     production, tmp_path, seed
 ):
