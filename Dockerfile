@@ -10,12 +10,14 @@ RUN useradd --system --create-home --home-dir /home/mqi mqi \
 
 WORKDIR /app
 COPY pyproject.toml ./
+COPY requirements/constraints.txt requirements/
 COPY mqi_site mqi_site
 COPY cases cases
 COPY gpus gpus
 COPY conductor conductor
 COPY workers workers
-RUN pip install --no-cache-dir . 
+# The locked releases, the same set the tests ran on (bin/lock writes the file).
+RUN pip install --no-cache-dir -c requirements/constraints.txt .
 COPY manage.py config.yaml ./
 COPY hpc_standins hpc_standins
 
