@@ -16,6 +16,7 @@ COPY cases cases
 COPY gpus gpus
 COPY conductor conductor
 COPY workers workers
+COPY evaluation evaluation
 # The locked releases, the same set the tests ran on (bin/lock writes the file).
 RUN pip install --no-cache-dir -c requirements/constraints.txt .
 COPY manage.py config.yaml ./
