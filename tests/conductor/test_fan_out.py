@@ -11,42 +11,22 @@ from django.utils import timezone
 
 from cases.models import Case, WorkflowStep
 from cases.services import step_run_heartbeat
-from conductor import maintenance, operations, transitions
+from conductor import maintenance, operations
 from conductor.reconcile import reconcile
 from gpus.models import GPUResource
 from mqi_site.messaging import QUEUES, Command, ErrorKind
-from tests.conductor.helpers import FOLDER, PLAN, fail, make_gpus, succeed
+from tests.conductor.helpers import fail, fan_out_simulation, make_gpus, succeed
+from tests.conductor.helpers import register_beams as register
 from tests.conftest import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SIMULATE = "run_moqui_sim"
-THREE_BEAMS = [
-    {"number": 1, "name": "B1 G090"},
-    {"number": 2, "name": "B2 G270"},
-    {"number": 3, "name": "B3 G180"},
-]
 
 
 @pytest.fixture(autouse=True)
 def fanned_out(use_config):
-    def edit(raw: dict) -> None:
-        raw["workflows"]["default_qa"][2]["fan_out"] = "beams"
-        raw["remote_commands"][SIMULATE] = (
-            "moquisim --gpu {gpu_id} --beam {beam_number} --beam-name {beam_name} "
-            "--input-dir {run_output_dir} --output-dir {output_dir}"
-        )
-
-    use_config(edit)
-
-
-def register(case_id: str, beams: list[dict] = THREE_BEAMS, priority: int = 0) -> Case:
-    facts = transitions.FolderFacts(
-        plan={**PLAN, "beams": beams}, log_check="passed", manifest=FOLDER
-    )
-    case = transitions.case_register(case_id=case_id, source_path=f"/in/{case_id}", facts=facts)
-    Case.objects.filter(pk=case.pk).update(priority=priority)
-    return case
+    use_config(fan_out_simulation)
 
 
 def step(case: Case, name: str) -> WorkflowStep:
