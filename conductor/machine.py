@@ -309,9 +309,10 @@ def _found(state: CaseState, event: Found) -> Plan:
         )
     if state.steps is None:
         return _unconfigured(state)
-    if any(spec.fan_out for spec in state.steps) and fan_out_problem(state.beams):
+    fans_out = any(spec.fan_out for spec in state.steps)
+    if fans_out and (problem := fan_out_problem(state.beams)):
         # refused before anything runs, rather than when the case reaches that step
-        message = invalid_folder_message([fan_out_problem(state.beams)])
+        message = invalid_folder_message([problem])
         return _end(
             state, CaseStatus.FAILED, ErrorKind.INVALID_INPUT, message, Note("failed", message)
         )
