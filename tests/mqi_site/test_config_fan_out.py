@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
 
@@ -80,3 +82,17 @@ def test_a_beam_name_reaches_the_shell_as_one_literal_word():
     command = fill_template("sim --name {beam_name}", {"beam_name": "B2 $(rm -rf ~); `x`"})
 
     assert command == "sim --name 'B2 $(rm -rf ~); `x`'"
+
+
+def test_a_hostile_beam_name_is_one_literal_argument_in_a_real_shell(tmp_path):
+    name = "B2 $(touch pwned) `touch pwned2`; touch pwned3 'x\""
+    command = fill_template("printf %s {beam_name}", {"beam_name": name})
+
+    shell = tmp_path / "shell"
+    shell.mkdir()
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=shell, capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout == name
+    assert list(shell.iterdir()) == []
