@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "scanner": ("bench.scanner", "scanner"),
     "step_overhead": ("bench.steps", "step_overhead"),
     "utilization": ("bench.utilization", "gpu_utilization"),
+    "fan_out": ("bench.fan_out", "fan_out"),
     "admin": ("bench.admin_scale", "admin_scale"),
 }
 

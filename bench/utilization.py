@@ -162,21 +162,29 @@ class DayResult:
     waiting: float
 
 
-def _simulate_day(ctx: Context, policy: str, cases: int) -> DayResult:
+def simulate_day(
+    ctx: Context, policy: str, cases: int, *, beams: dict[str, int] | None = None
+) -> DayResult:
+    """``beams``: case id -> its plan's beams, the simulation fanned out over them (each
+    beam taking its share of the plan's simulation time)."""
     reset_state()
-    use_config(
-        ctx.root / f"config-day-{policy}.yaml",
-        sample_config(ctx.root, conductor__gpu_policy=policy),
-    )
+    config = sample_config(ctx.root, conductor__gpu_policy=policy)
+    if beams is not None:
+        config["workflows"]["default_qa"][2]["fan_out"] = "beams"
+    use_config(ctx.root / f"config-day-{policy}.yaml", config)
     GPUResource.objects.bulk_create(GPUResource(host="gpu1", index=i) for i in range(GPUS))
     rng = random.Random(42)  # noqa: S311 (durations, not security)
+    names = list(beams) if beams is not None else [f"day-{i:03d}" for i in range(cases)]
+    count = {case_id: (beams or {}).get(case_id, 1) for case_id in names}
     durations = {
-        f"day-{i:03d}": {
+        case_id: {
             step: minutes * 60 / SCALE * rng.uniform(1 - JITTER, 1 + JITTER)
             for step, minutes in REAL_MINUTES.items()
         }
-        for i in range(cases)
+        for case_id in names
     }
+    for case_id, steps in durations.items():
+        steps["run_moqui_sim"] /= count[case_id]  # per beam
     workers = SimulatedWorkers(durations)
     workers.start()
     conductor = ctx.processes.rundramatiq(
@@ -186,13 +194,23 @@ def _simulate_day(ctx: Context, policy: str, cases: int) -> DayResult:
     started = time.time()
     try:
         for case_id in durations:
+            plan = {"beams": [{"number": n, "name": f"B{n}"} for n in range(1, count[case_id] + 1)]}
             send(
                 CONDUCTOR,
                 Command.NEW_CASE_FOUND,
-                {"case_id": case_id, "source_path": f"/bench/{case_id}", "problems": []},
+                {
+                    "case_id": case_id,
+                    "source_path": f"/bench/{case_id}",
+                    "problems": [],
+                    "plan": plan,
+                },
             )
-        gpu_work = sum(d["run_interpreter"] + d["run_moqui_sim"] for d in durations.values())
-        all_work = sum(sum(d.values()) for d in durations.values())
+        gpu_work = sum(
+            d["run_interpreter"] + d["run_moqui_sim"] * count[c] for c, d in durations.items()
+        )
+        all_work = sum(
+            sum(d.values()) + d["run_moqui_sim"] * (count[c] - 1) for c, d in durations.items()
+        )
         wait_until(
             lambda: Case.objects.filter(status=Case.Status.COMPLETED).count() == cases,
             timeout=3 * all_work / GPUS + 60,
@@ -218,7 +236,7 @@ def gpu_utilization(ctx: Context) -> Outcome:
     out = Outcome()
     cases = ctx.options.scaled(100, 30)
     for policy in ("every_step", "execute_steps"):
-        day = _simulate_day(ctx, policy, cases)
+        day = simulate_day(ctx, policy, cases)
         out.rows.append(
             Row(
                 "GPU utilization",

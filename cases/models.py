@@ -197,6 +197,9 @@ class WorkflowStep(models.Model):
     beam_name = models.CharField(max_length=64, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # How far this run's command says it is (its progress_pattern), 0-100; the case's
+    # progress is taken across the beams of a step that fans out (cases.services).
+    progress = models.PositiveSmallIntegerField(default=0)
     # The GPU it ran on (kept for the record; the live booking is GPUResource.step_run).
     gpu = models.ForeignKey(
         "gpus.GPUResource", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -222,6 +225,10 @@ class WorkflowStep(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=StepStatus.values),
                 name="cases_workflowstep_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0, progress__lte=100),
+                name="cases_workflowstep_progress_0_100",
             ),
             models.UniqueConstraint(
                 fields=["case", "name", "beam_number", "attempt"],
@@ -250,6 +257,14 @@ class WorkflowStep(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+    @property
+    def label(self) -> str:
+        """The step, and the beam for a step that fans out: ``run_moqui_sim · beam 2 (B2)``."""
+        if not self.beam_number:
+            return self.name
+        named = f" ({self.beam_name})" if self.beam_name else ""
+        return f"{self.name} · beam {self.beam_number}{named}"
 
     @property
     def duration(self):

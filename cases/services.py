@@ -68,20 +68,23 @@ def step_run_heartbeat(
     *,
     step_run_id: int,
     deadline_sec: float,
-    case_progress: int | None = None,
+    progress: int | None = None,
+    span: tuple[int, int] = (0, 100),
     last_beat: datetime | None = None,
 ) -> datetime | None:
-    """Push the step run's deadline forward, and move the case's progress bar forward.
+    """Push the step run's deadline forward, and move its progress and the case's forward.
 
-    Returns the heartbeat time written, or None when the run is no longer in flight.  With
-    ``last_beat`` it is a compare-and-swap: the beat happens only if the run's last
-    heartbeat is still ``last_beat``.  A poll chain passes its token on from poll to poll,
-    so a duplicated poll message, or a chain that a re-drive replaced, finds the token
-    changed and ends instead of multiplying.
+    ``progress`` is the run's own (0-100); the case's is its step's ``span`` (from the
+    step's progress to the next step's) times the mean across the step's beams
+    (:func:`step_progress`).  Returns the heartbeat time written, or None when the run is
+    no longer in flight.  With ``last_beat`` it is a compare-and-swap: the beat happens
+    only if the run's last heartbeat is still ``last_beat``.  A poll chain passes its token
+    on from poll to poll, so a duplicated poll message, or a chain that a re-drive
+    replaced, finds the token changed and ends instead of multiplying.
     """
     recheck_connection()
     now = timezone.now()
-    run = _active(step_run_id).values("case_id", "name").first()
+    run = _active(step_run_id).values("case_id", "run_id", "name").first()
     if run is None:
         return None
     runs = _active(step_run_id)
@@ -89,7 +92,10 @@ def step_run_heartbeat(
         runs = runs.filter(heartbeat_at=last_beat)
     if not runs.update(heartbeat_at=now, deadline=now + timedelta(seconds=deadline_sec)):
         return None
-    if case_progress is not None:
+    if progress is not None:
+        _active(step_run_id).filter(progress__lt=progress).update(progress=min(100, progress))
+        low, high = span
+        case_progress = int(low + (high - low) * step_progress(**run) / 100)
         Case.objects.filter(
             Q(progress__lt=case_progress),
             pk=run["case_id"],
@@ -97,3 +103,18 @@ def step_run_heartbeat(
             workflow_step=run["name"],
         ).update(progress=min(100, case_progress), updated_at=now)
     return now
+
+
+def step_progress(*, case_id: int, run_id: int | None, name: str) -> float:
+    """How far a step of a case's run is (%): the mean over its beams (one "beam" for a
+    step that does not fan out) of each beam's latest step run, a succeeded one at 100."""
+    latest: dict[int, float] = {}
+    rows = (
+        WorkflowStep.objects.filter(case_id=case_id, run_id=run_id, name=name)
+        .order_by("beam_number", "-pk")
+        .values_list("beam_number", "status", "progress")
+    )
+    for beam, status, progress in rows:
+        if beam not in latest:
+            latest[beam] = 100 if status == WorkflowStep.Status.SUCCEEDED else progress
+    return sum(latest.values()) / len(latest) if latest else 0.0

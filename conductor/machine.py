@@ -13,6 +13,12 @@ as PENDING, and a case whose active runs all wait is "waiting for a GPU".  Under
 ``every_step`` policy a case keeps its GPU from its first step to its last (each step run
 hands it to the next); under ``execute_steps`` only execute steps hold one.
 
+A step that fans out (``fan_out: beams``) starts one step run per treatment beam, each on
+a GPU of its own: the first takes over the GPU the case held (if it held one), the others
+take free GPUs or wait in line, so a case never holds more GPUs than it has beams left
+to run.  Each beam is retried on its own; the step is done when its last beam is, and
+a beam that fails for good fails the case, cancelling the other beams.
+
 A GPU server that cannot be reached is an outage, not a failure of the case: no attempt is
 spent on it.  A case that has not run anything on that server yet starts again on another
 one that is up; any other waits (WAITING_HOST, keeping its GPU) and goes on when the server
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from cases.statuses import CaseStatus, StepStatus
 from mqi_site.config import StepSpec
 from mqi_site.messaging import ErrorKind
+from mqi_site.untrusted_text import has_unprintable, printable
 
 # Re-sends of a silent step run before it counts as a (transient) failure.
 MAX_REDRIVES = 5
@@ -302,6 +309,13 @@ def _found(state: CaseState, event: Found) -> Plan:
         )
     if state.steps is None:
         return _unconfigured(state)
+    fans_out = any(spec.fan_out for spec in state.steps)
+    if fans_out and (problem := fan_out_problem(state.beams)):
+        # refused before anything runs, rather than when the case reaches that step
+        message = invalid_folder_message([problem])
+        return _end(
+            state, CaseStatus.FAILED, ErrorKind.INVALID_INPUT, message, Note("failed", message)
+        )
     plan = _begin(state, state.steps[0])
     plan.new_run = "found in the watch directory"
     return plan
@@ -325,6 +339,9 @@ def _succeeded(state: CaseState, event: Succeeded) -> Plan:
     following = state.steps[position + 1]
     keep = run.gpu is not None and needs_gpu(following, state.policy)
     plan = _begin(state, following, inherit=run.id if keep else None)
+    if plan.status is not None:  # the next step cannot start (see _begin)
+        kind, message = plan.error or ("", "")
+        return _end(state, plan.status, kind, message, plan.notes[0], ended=finish)
     plan.finish.append(finish)
     plan.release += [] if keep else _held([run])
     return plan
@@ -395,11 +412,11 @@ def _restart(state: CaseState, event: Restart) -> Plan:
                 "any more; re-run from the start"
             )
         plan = _begin(state, spec)
-        plan.notes.append(Note("retried", f"retrying from {spec.name}", actor=event.actor))
+        plan.notes.insert(0, Note("retried", f"retrying from {spec.name}", actor=event.actor))
     elif again:  # its upload met a folder changed after its check: that is where it failed
         plan = _begin(state, state.steps[0])
-        plan.notes.append(
-            Note("retried", f"retrying from {state.steps[0].name}", actor=event.actor)
+        plan.notes.insert(
+            0, Note("retried", f"retrying from {state.steps[0].name}", actor=event.actor)
         )
     else:
         why = (
@@ -411,8 +428,9 @@ def _restart(state: CaseState, event: Restart) -> Plan:
         plan = _begin(state, state.steps[0])
         plan.new_run = why
         said = f"re-running from the start as run {state.run_number + 1} ({why})"
-        plan.notes.append(Note("replayed", said, actor=event.actor))
-    plan.error = ("", "")
+        plan.notes.insert(0, Note("replayed", said, actor=event.actor))
+    if plan.status is None:  # else it could not start (see _begin)
+        plan.error = ("", "")
     return plan
 
 
@@ -435,7 +453,7 @@ def _stalled(state: CaseState) -> Plan:
     plan = _begin(state, spec)
     if state.status == CaseStatus.NEW:
         plan.new_run = "found in the watch directory"
-    plan.notes.append(Note("stalled", f"nothing was running for {spec.name}; started it again"))
+    plan.notes.insert(0, Note("stalled", f"nothing was running for {spec.name}; started it again"))
     return plan
 
 
@@ -505,15 +523,41 @@ def _move(state: CaseState, reason: str, *, ended: Finish | None = None) -> Plan
 
 
 def _begin(state: CaseState, spec: StepSpec, *, inherit: int | None = None) -> Plan:
-    """Start ``spec``: its step run, holding a GPU if it needs one (``inherit``: the step
-    run whose GPU it takes over)."""
-    start = Start(
-        spec,
-        attempt=state.attempts.get((spec.name, 0), 0) + 1,
-        gpu=needs_gpu(spec, state.policy),
-        inherit=inherit,
-    )
-    return Plan(step=spec.name, progress=spec.progress, start=[start])
+    """Start ``spec``: its step run, or one per treatment beam for a step that fans out,
+    each holding a GPU if it needs one.  ``inherit``: the step run whose GPU the (first)
+    run takes over; the other beams take free GPUs, or wait in line for one."""
+    beams: tuple[Beam | None, ...] = (None,)
+    if spec.fan_out == "beams":
+        problem = fan_out_problem(state.beams)
+        if problem:
+            message = f"{spec.name} cannot fan out over the plan's beams: {problem}"
+            return _end(
+                state, CaseStatus.FAILED, ErrorKind.PERMANENT, message, Note("failed", message)
+            )
+        beams = state.beams
+    starts = [
+        Start(
+            spec,
+            attempt=state.attempts.get((spec.name, beam.number if beam else 0), 0) + 1,
+            beam=beam,
+            gpu=needs_gpu(spec, state.policy),
+            inherit=inherit if position == 0 else None,
+        )
+        for position, beam in enumerate(beams)
+    ]
+    return Plan(step=spec.name, progress=spec.progress, start=starts)
+
+
+def fan_out_problem(beams: Sequence[Beam]) -> str:
+    """Why a step cannot fan out over ``beams`` ("" when it can).  A beam's name is free
+    text from the plan; it reaches a command line (quoted), where a control character
+    could still forge what an operator reads in the timeline and the logs."""
+    if not beams:
+        return "the plan has no treatment beams"
+    for beam in beams:
+        if has_unprintable(beam.name):
+            return f"the name of beam {beam.number} ({printable(beam.name)}) has control characters"
+    return ""
 
 
 def _end(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from cases.models import Case, WorkflowStep
 from gpus.models import GPUResource
 from mqi_site.config import Config, template_placeholders
+from mqi_site.untrusted_text import has_unprintable
 
 
 def render_command(case: Case, run: WorkflowStep, gpu: GPUResource | None, config: Config) -> str:
@@ -15,6 +16,8 @@ def render_command(case: Case, run: WorkflowStep, gpu: GPUResource | None, confi
     if run.type != "execute":
         return ""
     paths = config.run_paths(case.case_id, case.current_run.number, case.host)
+    if has_unprintable(run.beam_name):  # the conductor refuses such plans before this
+        raise ValueError(f"beam {run.beam_number}'s name has control characters")
     return fill_template(
         config.remote_commands[run.name],
         {
@@ -22,9 +25,12 @@ def render_command(case: Case, run: WorkflowStep, gpu: GPUResource | None, confi
             "gpu_id": gpu.index if gpu is not None else "",
             "gpu_uuid": gpu.uuid if gpu is not None else "",
             "case_dir": paths.case_dir,
-            "output_dir": paths.output_dir,
+            "output_dir": paths.output_for(run.beam_number),
+            "run_output_dir": paths.output_dir,
             "host": case.host,
             "step": run.name,
+            "beam_number": run.beam_number,
+            "beam_name": run.beam_name,
         },
     )
 

@@ -190,7 +190,8 @@ def advance_waiting(*, limit: int = 200) -> int:
 
     Called after every release and by the reconciler (so a lost wake-up costs at most one
     reconcile interval).  Each step run is started in its own transaction; cases another
-    transaction holds are skipped, it is already moving them.  Returns how many started.
+    transaction holds are skipped: that one looks again after its commit when the case
+    still has a waiting step run (see ``_apply``).  Returns how many started.
     """
     started = 0
     waiting = (
@@ -467,9 +468,11 @@ def _apply(case: Case, plan: machine.Plan, config: Config) -> None:
         _note(case, note)
     if any(gpu.status == GPUResource.Status.AVAILABLE for gpu in released):
         transaction.on_commit(_advance_waiting_after_release)
-    if any(run.status == WorkflowStep.Status.PENDING for run in started):
-        # A GPU released after our look but before our commit would find no waiting
-        # step run: look once more after the commit (lost wake-up guard).
+    if case.steps.filter(status=WorkflowStep.Status.PENDING).exists():
+        # Lost wake-up guards: a GPU released after our look but before our commit would
+        # find no waiting step run; and advance_waiting skips a case this transaction
+        # holds, though the step runs it skipped may be other beams than the one this
+        # transaction is about.  Either way: look once more after the commit.
         transaction.on_commit(_advance_waiting_if_gpu_free)
 
 

@@ -2,6 +2,7 @@
 """Build demo QA case folders from the real RTPLAN that ships with pydicom.
 
     make_sample_cases.py OUT_DIR [--count N] [--with-invalid] [--with-failing-dose] [--seed S]
+                         [--beams N]
 
 Needs only the standard library and pydicom (the demo runs it with the project venv's
 python: ``.venv/bin/python hpc_standins/make_sample_cases.py var/demo/incoming``).
@@ -9,7 +10,8 @@ python: ``.venv/bin/python hpc_standins/make_sample_cases.py var/demo/incoming``
 pydicom's ``rtplan.dcm`` test file (bundled in the wheel, no download) is a photon plan.
 Each case keeps its patient, study, dose-reference, fraction-group and setup modules and
 turns it into a pencil-beam-scanning proton plan (RT Ion Plan Storage, two beams with
-energy layers and spot maps), with a new patient ID, new UIDs and seeded spot weights.
+energy layers and spot maps; ``--beams`` 1-4), with a new patient ID, new UIDs and seeded
+spot weights.
 The beams' metersets are set so that the plan gives the prescribed dose per fraction
 (30.83 Gy in 30 fractions) at its maximum, and the planning system's dose is written
 beside the plan: the pencil-beam model of ``pencil_beam.py`` (the one the MOQUI stand-in
@@ -72,7 +74,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTIonPlanStorage, generate_uid
 from rt_dose import write_rt_dose
 
-BEAMS = ((1, "B1 G090", 90.0), (2, "B2 G270", 270.0))
+# the sample plan's treatment beams (--beams N takes the first N)
+BEAMS = ((1, "B1 G090", 90.0), (2, "B2 G270", 270.0), (3, "B3 G180", 180.0), (4, "B4 G000", 0.0))
 ENERGIES_MEV = (150.0, 145.0, 140.0, 135.0)
 SPOT_GRID = (-12.0, -6.0, 0.0, 6.0, 12.0)  # mm, 5 x 5 spots per layer
 READY_MARKER = "READY"
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"add {FAILING_CASE}: valid, but its delivery fails gamma 3%%/2mm",
     )
     parser.add_argument("--seed", type=int, default=1, help="spot weights and log noise")
+    parser.add_argument(
+        "--beams", type=int, default=2, choices=range(1, len(BEAMS) + 1), help="treatment beams"
+    )
     args = parser.parse_args(argv)
     if args.count < 0:
         parser.error("--count must be >= 0")
@@ -114,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     for number, name in enumerate(names[: args.count], start=1):
-        _publish(args.out_dir, name, lambda folder, n=number: _valid_case(folder, n, args.seed))
+        _publish(
+            args.out_dir,
+            name,
+            lambda folder, n=number: _valid_case(folder, n, args.seed, beams=args.beams),
+        )
         print(f"created {args.out_dir / name}")
     if args.with_invalid:
         _publish(args.out_dir, INVALID_CASE, _invalid_case)
@@ -148,7 +158,12 @@ def _publish(out_dir: Path, name: str, build: Callable[[Path], None]) -> None:
 
 
 def _valid_case(
-    folder: Path, number: int, seed: int, *, mu_error: dict[int, float] | None = None
+    folder: Path,
+    number: int,
+    seed: int,
+    *,
+    mu_error: dict[int, float] | None = None,
+    beams: int = 2,
 ) -> None:
     """A plan, its planning system's dose and its delivery logs.
 
@@ -156,7 +171,7 @@ def _valid_case(
     """
     rng = random.Random(seed * 100_003 + number)
     patient_id = f"QA{number:04d}"
-    plan = _ion_plan(patient_id, number, rng)
+    plan = _ion_plan(patient_id, number, rng, BEAMS[:beams])
     grid = _tps_grid(plan)
     _normalise_to_prescription(plan, grid)
     plan.save_as(folder / f"RP.{plan.SOPInstanceUID}.dcm", enforce_file_format=True)
@@ -224,7 +239,9 @@ def _invalid_case(folder: Path) -> None:
     )
 
 
-def _ion_plan(patient_id: str, number: int, rng: random.Random) -> Dataset:
+def _ion_plan(
+    patient_id: str, number: int, rng: random.Random, beams: tuple = BEAMS[:2]
+) -> Dataset:
     plan = pydicom.dcmread(get_testdata_file("rtplan.dcm"))
     sop_uid = generate_uid()
     plan.file_meta.MediaStorageSOPClassUID = RTIonPlanStorage
@@ -250,14 +267,14 @@ def _ion_plan(patient_id: str, number: int, rng: random.Random) -> Dataset:
         if obsolete in plan:
             delattr(plan, obsolete)
 
-    beam_meterset = {beam_number: round(rng.uniform(35.0, 55.0), 4) for beam_number, *_ in BEAMS}
+    beam_meterset = {beam_number: round(rng.uniform(35.0, 55.0), 4) for beam_number, *_ in beams}
     plan.IonBeamSequence = Sequence(
-        [_ion_beam(number_, name, gantry, isocenter, rng) for number_, name, gantry in BEAMS]
+        [_ion_beam(number_, name, gantry, isocenter, rng) for number_, name, gantry in beams]
     )
     group = plan.FractionGroupSequence[0]
-    group.NumberOfBeams = len(BEAMS)
+    group.NumberOfBeams = len(beams)
     references = []
-    for beam_number, *_ in BEAMS:
+    for beam_number, *_ in beams:
         reference = Dataset()
         reference.ReferencedBeamNumber = beam_number
         reference.BeamMeterset = beam_meterset[beam_number]

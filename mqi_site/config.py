@@ -28,8 +28,13 @@ from mqi_site.template_quoting import placeholder_quoting_problems
 
 # Values a remote command template may use; each is shell-quoted when rendered.
 TEMPLATE_PLACEHOLDERS = frozenset(
-    {"case_id", "gpu_id", "gpu_uuid", "case_dir", "output_dir", "host", "step"}
+    {
+        *("case_id", "gpu_id", "gpu_uuid", "case_dir", "output_dir", "run_output_dir"),
+        *("host", "step", "beam_number", "beam_name"),
+    }
 )
+# Only the command of a step that fans out over the plan's beams has a beam.
+BEAM_PLACEHOLDERS = frozenset({"beam_number", "beam_name"})
 STEP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # Far beyond any real configuration, and small enough that refusing a hostile file is quick.
 MAX_CONFIG_CHARS = 1_000_000
@@ -99,6 +104,9 @@ class StepSpec(_Section):
     progress_pattern: str | None = None
     # Attempts in total for transient failures (network, SSH, broker).
     max_attempts: int = Field(3, ge=1, le=20)
+    # "beams": one step run per treatment beam of the case's plan, each on a GPU of its
+    # own (execute steps only; see conductor.machine).
+    fan_out: Literal["beams"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -255,6 +263,13 @@ class RunPaths:
     output_dir: str  # on the GPU server: where the commands write, the download source
     results_dir: Path  # on this machine: where the results are downloaded
 
+    def output_for(self, beam_number: int) -> str:
+        """Where a step run writes: a beam of a step that fans out in a folder of its own
+        (``beam-<n>``, downloaded with the rest), so beams never write over each other."""
+        if not beam_number:
+            return self.output_dir
+        return str(PurePosixPath(self.output_dir) / f"beam-{int(beam_number)}")
+
 
 def case_id_path_problem(case_id: str) -> str | None:
     """Why ``case_id`` cannot name a folder under the configured roots, or None.
@@ -333,6 +348,11 @@ def _cross_section_problems(config: Config) -> list[str]:
                 )
             else:
                 previous = spec.progress
+            if spec.fan_out and spec.type != "execute":
+                problems.append(
+                    f"{key}.fan_out: only execute steps can fan out over beams, not "
+                    f"{spec.type!r} steps"
+                )
             if spec.type == "execute" and spec.name not in config.remote_commands:
                 problems.append(
                     f"remote_commands.{spec.name}: execute step {spec.name!r} of workflow "
@@ -350,6 +370,7 @@ def _cross_section_problems(config: Config) -> list[str]:
                 f"remote_commands.{name}: unknown placeholder {{{placeholder}}} "
                 f"(allowed: {allowed})"
             )
+        problems += _beam_placeholder_problems(config, name, template)
         problems += [
             f"remote_commands.{name}: {problem}"
             for problem in placeholder_quoting_problems(template)
@@ -373,6 +394,19 @@ def _cross_section_problems(config: Config) -> list[str]:
                     "for every host)"
                 )
     return problems
+
+
+def _beam_placeholder_problems(config: Config, name: str, template: str) -> list[str]:
+    """``{beam_number}`` and ``{beam_name}`` only mean something in a step that fans out."""
+    used = sorted(BEAM_PLACEHOLDERS & set(template_placeholders(template)))
+    fans_out = any(
+        spec.name == name and spec.fan_out for steps in config.workflows.values() for spec in steps
+    )
+    return [
+        f"remote_commands.{name}: {{{placeholder}}} needs a step with fan_out: beams"
+        for placeholder in used
+        if not fans_out
+    ]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

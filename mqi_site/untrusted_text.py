@@ -24,6 +24,12 @@ def printable(value: object) -> str:
     return _UNPRINTABLE.sub(_escape, str(value))
 
 
+def has_unprintable(value: object) -> bool:
+    """Whether ``value`` holds a control or invisible character (one :func:`printable`
+    would escape)."""
+    return _UNPRINTABLE.search(str(value)) is not None
+
+
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 

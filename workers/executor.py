@@ -104,7 +104,7 @@ def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
         host=run.host,
         gpu_index=run.gpu.index if run.gpu else None,
         case_dir=paths.case_dir,
-        output_dir=paths.output_dir,
+        output_dir=paths.output_for(run.beam_number),
         started_at=run.started_at,
     )
 
@@ -274,7 +274,8 @@ def _execute(run: StepRun, transport: Transport, payload: dict[str, Any], config
 
 
 def _progress(run: StepRun, lines: list[str]) -> int | None:
-    """The case progress the latest readable progress line says; None if there is none.
+    """The step run's progress (%) the latest readable progress line says; None if there is
+    none.
 
     A line that matches but cannot be read as a count (absurd numbers, a zero total) is
     ignored like any other line: progress is a display, never a reason to stop following.
@@ -286,8 +287,7 @@ def _progress(run: StepRun, lines: list[str]) -> int | None:
         match = pattern.search(line[:PROGRESS_LINE_CHARS])
         fraction = _fraction(match["done"], match["total"]) if match else None
         if fraction is not None:
-            low, high = run.span
-            return int(low + (high - low) * fraction)
+            return int(100 * fraction)
     return None
 
 
@@ -344,7 +344,8 @@ def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None
     beat = step_run_heartbeat(
         step_run_id=run.id,
         deadline_sec=_grace_sec(config),
-        case_progress=progress,
+        progress=progress,
+        span=run.span,
         last_beat=last_beat,
     )
     if beat is None:

@@ -69,7 +69,7 @@ CORPUS = [
     BadConfig(
         "an unknown placeholder",
         edited(command("run_interpreter", "interp --case {case} --gpu {gpu_id}")),
-        "remote_commands.run_interpreter: unknown placeholder {case} (allowed: {case_dir}, ",
+        "remote_commands.run_interpreter: unknown placeholder {case} (allowed: {beam_name}, ",
     ),
     BadConfig(
         "attribute access in a placeholder",

@@ -94,24 +94,26 @@ def batch(done: object, total: object) -> str:
 
 
 def test_the_latest_progress_line_counts():
-    assert executor._progress(moqui_run(), [batch(1, 10), batch(5, 10), "other"]) == 80
+    assert (
+        executor._progress(moqui_run(), [batch(1, 10), batch(5, 10), "other"]) == 50
+    )  # the step run's own %
 
 
 def test_absurd_counts_are_ignored_and_an_earlier_line_counts():
     lines = [batch(5, 10), batch("9" * 13, "9" * 14), batch(3, 0), batch("9" * 5000, 10)]
 
-    assert executor._progress(moqui_run(), lines) == 80
+    assert executor._progress(moqui_run(), lines) == 50  # the step run's own %
 
 
 def test_only_the_start_of_a_long_line_is_matched():
     padding = "x" * executor.PROGRESS_LINE_CHARS
 
     assert executor._progress(moqui_run(), [padding + batch(5, 10)]) is None
-    assert executor._progress(moqui_run(), [batch(5, 10) + padding]) == 80
+    assert executor._progress(moqui_run(), [batch(5, 10) + padding]) == 50  # the step run's own %
 
 
 def test_only_the_last_lines_of_a_chunk_are_matched():
     lines = [batch(5, 10)] + ["noise"] * executor.PROGRESS_LINES
 
     assert executor._progress(moqui_run(), lines) is None
-    assert executor._progress(moqui_run(), lines[:-1]) == 80
+    assert executor._progress(moqui_run(), lines[:-1]) == 50  # the step run's own %

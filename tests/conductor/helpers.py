@@ -48,6 +48,33 @@ PLAN = {
 }
 
 
+THREE_BEAMS = [
+    {"number": 1, "name": "B1 G090"},
+    {"number": 2, "name": "B2 G270"},
+    {"number": 3, "name": "B3 G180"},
+]
+
+
+def fan_out_simulation(raw: dict) -> None:
+    """A config edit (``use_config``): run_moqui_sim runs once per treatment beam."""
+    raw["workflows"]["default_qa"][2]["fan_out"] = "beams"
+    raw["remote_commands"]["run_moqui_sim"] = (
+        "moquisim --gpu {gpu_id} --beam {beam_number} --beam-name {beam_name} "
+        "--input-dir {run_output_dir} --output-dir {output_dir}"
+    )
+
+
+def register_beams(case_id: str, beams: list[dict] = THREE_BEAMS, priority: int = 0) -> Case:
+    """A case whose plan has ``beams``, registered and started."""
+    found = transitions.FolderFacts(
+        plan={**PLAN, "beams": beams}, log_check="passed", manifest=FOLDER
+    )
+    case = transitions.case_register(case_id=case_id, source_path=f"/in/{case_id}", facts=found)
+    assert case is not None
+    Case.objects.filter(pk=case.pk).update(priority=priority)
+    return case
+
+
 def facts(problems: Sequence[str] = (), manifest: list[dict] = FOLDER) -> transitions.FolderFacts:
     if problems:
         return transitions.FolderFacts(problems=problems)

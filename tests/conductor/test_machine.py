@@ -485,3 +485,219 @@ def test_beams_are_named_in_messages():
     state = CaseState(status="PROCESSING", step="simulate", steps=QA, active=(run,), beams=(beam,))
     plan = decide(state, Failed(run, "permanent", "exit 1"))
     assert plan.error == ("permanent", "simulate (beam 2) failed: exit 1")
+
+
+# --- a step that fans out over the plan's beams ----------------------------------------------
+
+SIMULATE_BEAMS = SIMULATE.model_copy(update={"fan_out": "beams"})
+FAN_QA = (UPLOAD, INTERPRET, SIMULATE_BEAMS, DOWNLOAD)
+THREE_BEAMS = (Beam(1, "B1"), Beam(2, "B2"), Beam(3, "B3"))
+
+
+def fanning(*active: StepRun, **changes: Any) -> CaseState:
+    """A case of three beams in its fanned-out simulation, ``active`` its step runs."""
+    return replace(
+        CaseState(
+            status="PROCESSING",
+            step="simulate",
+            steps=FAN_QA,
+            workflow="qa",
+            active=active,
+            tries={run.key: run.attempt for run in active},
+            attempts={run.key: run.attempt for run in active},
+            beams=THREE_BEAMS,
+            run_number=1,
+            host="gpu1",
+        ),
+        **changes,
+    )
+
+
+def beam(number: int, *, run_id: int | None = None, gpu: int | None = None, **kw) -> StepRun:
+    return StepRun(run_id or number, "simulate", "execute", beam=number, gpu=gpu, **kw)
+
+
+INTERPRETED = StepRun(9, "interpret", "execute", gpu=GPU)
+
+
+@pytest.mark.parametrize(
+    "name, state, event, wanted",
+    [
+        (
+            "the step before succeeds: one run per beam, the first takes over the case's GPU",
+            fanning(INTERPRETED, step="interpret"),
+            Succeeded(INTERPRETED),
+            {
+                "step": "simulate",
+                "start": [
+                    ("simulate", 1, 1, True, 9, 0),
+                    ("simulate", 1, 2, True, None, 0),
+                    ("simulate", 1, 3, True, None, 0),
+                ],
+                "finish": [(9, "SUCCEEDED", "")],
+            },
+        ),
+        (
+            "under execute_steps too (the interpreter held a GPU, the beams need them)",
+            fanning(INTERPRETED, step="interpret", policy="execute_steps"),
+            Succeeded(INTERPRETED),
+            {
+                "step": "simulate",
+                "start": [
+                    ("simulate", 1, 1, True, 9, 0),
+                    ("simulate", 1, 2, True, None, 0),
+                    ("simulate", 1, 3, True, None, 0),
+                ],
+                "finish": [(9, "SUCCEEDED", "")],
+            },
+        ),
+        (
+            "a beam done while others run or wait frees its GPU for whoever is first in line",
+            fanning(beam(1, gpu=7), beam(2, gpu=8), beam(3, status="PENDING")),
+            Succeeded(beam(1, gpu=7)),
+            {"finish": [(1, "SUCCEEDED", "")], "release": [1]},
+        ),
+        (
+            "the last beam done: the next step takes over its GPU (every_step)",
+            fanning(beam(3, gpu=8)),
+            Succeeded(beam(3, gpu=8)),
+            {
+                "step": "download",
+                "start": [("download", 1, 0, True, 3, 0)],
+                "finish": [(3, "SUCCEEDED", "")],
+            },
+        ),
+        (
+            "the last beam done under execute_steps: its GPU goes free, the download needs none",
+            fanning(beam(3, gpu=8), policy="execute_steps"),
+            Succeeded(beam(3, gpu=8)),
+            {
+                "step": "download",
+                "start": [("download", 1, 0, False, None, 0)],
+                "finish": [(3, "SUCCEEDED", "")],
+                "release": [3],
+            },
+        ),
+        (
+            "a beam's transient failure retries that beam only, on its GPU, after its backoff",
+            fanning(beam(1, gpu=7), beam(2, gpu=8, attempt=2)),
+            Failed(beam(2, gpu=8, attempt=2), "transient", "ssh dropped"),
+            {
+                "start": [("simulate", 3, 2, True, 2, 4000)],
+                "finish": [(2, "FAILED", "transient")],
+                "notes": ["retry_scheduled"],
+            },
+        ),
+        (
+            "a beam's budget spent fails the case and cancels the other beams",
+            fanning(beam(1, gpu=7), beam(2, gpu=8, attempt=3)),
+            Failed(beam(2, gpu=8, attempt=3), "transient", "ssh dropped"),
+            {
+                "status": "FAILED",
+                "error": (
+                    "transient",
+                    "simulate (beam 2) failed: gave up after 3 attempts: ssh dropped",
+                ),
+                "finish": [(2, "FAILED", "transient"), (1, "CANCELLED", "cancelled")],
+                "release": [1, 2],
+                "kill": [1],
+                "notes": ["failed"],
+            },
+        ),
+        (
+            "a beam's server unreachable: that beam waits for it, the others go on",
+            fanning(beam(1, gpu=7), beam(2, gpu=8)),
+            Failed(beam(2, gpu=8), "unreachable", "connection refused"),
+            {"wait_host": [2], "notes": ["waiting_for_host"]},
+        ),
+        (
+            "a silent beam is re-sent on its own",
+            fanning(beam(1, gpu=7), beam(2, gpu=8)),
+            Silent(beam(2, gpu=8), redrives=0, silent_sec=130),
+            {"redrive": [2], "notes": ["redriven"]},
+        ),
+        (
+            "cancel kills every beam that runs and frees every GPU; waiting beams just end",
+            fanning(beam(1, gpu=7), beam(2, gpu=8), beam(3, status="PENDING")),
+            Cancel("ana"),
+            {
+                "status": "CANCELLED",
+                "error": ("cancelled", "cancelled by ana"),
+                "finish": [
+                    (1, "CANCELLED", "cancelled"),
+                    (2, "CANCELLED", "cancelled"),
+                    (3, "CANCELLED", "cancelled"),
+                ],
+                "release": [1, 2],
+                "kill": [1, 2],
+                "notes": ["cancelled"],
+            },
+        ),
+        (
+            "a retry from the fanned-out step starts every beam again, each its next attempt",
+            fanning(status="FAILED", error_kind="permanent", attempts={("simulate", 2): 1}),
+            Restart(actor="ana"),
+            {
+                "step": "simulate",
+                "error": ("", ""),
+                "start": [
+                    ("simulate", 1, 1, True, None, 0),
+                    ("simulate", 2, 2, True, None, 0),
+                    ("simulate", 1, 3, True, None, 0),
+                ],
+                "notes": ["retried"],
+            },
+        ),
+        (
+            "a folder whose plan has no treatment beams is refused before anything runs",
+            replace(NEW, steps=FAN_QA),
+            Found(),
+            {
+                "status": "FAILED",
+                "error": (
+                    "invalid_input",
+                    "invalid case folder: the plan has no treatment beams",
+                ),
+                "notes": ["failed"],
+            },
+        ),
+        (
+            "a beam name with a control character never reaches a command line",
+            replace(NEW, steps=FAN_QA, beams=(Beam(1, "B1"), Beam(2, "B2\x1b[2J"))),
+            Found(),
+            {
+                "status": "FAILED",
+                "error": (
+                    "invalid_input",
+                    "invalid case folder: the name of beam 2 (B2\\x1b[2J) has control characters",
+                ),
+                "notes": ["failed"],
+            },
+        ),
+        (
+            "a step that does not fan out runs once, whatever the plan's beams",
+            replace(NEW, beams=THREE_BEAMS),
+            Found(),
+            {"step": "upload", "new_run": True, "start": [("upload", 1, 0, True, None, 0)]},
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_fan_out(name, state, event, wanted):
+    expect(decide(state, event), **wanted)
+
+
+def test_the_next_step_cannot_fan_out_the_step_that_succeeded_stays_succeeded():
+    # the plan's beams were lost since the case was found (a config now fanning out)
+    state = fanning(INTERPRETED, step="interpret", beams=())
+    expect(
+        decide(state, Succeeded(INTERPRETED)),
+        status="FAILED",
+        error=(
+            "permanent",
+            "simulate cannot fan out over the plan's beams: the plan has no treatment beams",
+        ),
+        finish=[(9, "SUCCEEDED", "")],
+        release=[9],
+        notes=["failed"],
+    )

@@ -133,6 +133,26 @@ def test_a_sample_is_a_proton_plan_with_one_log_per_beam(samples: Path) -> None:
     assert plan.SOPInstanceUID != plan_uid(samples / "case-001")
 
 
+def test_a_sample_of_three_beams_has_three_beams_and_three_logs(tmp_path: Path) -> None:
+    result = run("make_sample_cases.py", tmp_path, "--count", "1", "--beams", "3")
+
+    assert result.returncode == 0, result.stderr
+    case = tmp_path / "case-001"
+    (plan_file,) = case.glob("RP.*.dcm")
+    plan = pydicom.dcmread(plan_file)
+    assert [(b.BeamNumber, b.BeamName) for b in plan.IonBeamSequence] == [
+        (1, "B1 G090"),
+        (2, "B2 G270"),
+        (3, "B3 G180"),
+    ]
+    assert plan.FractionGroupSequence[0].NumberOfBeams == 3
+    assert sorted(path.name for path in case.glob("*.ptn")) == [
+        "QA0001_beam1.ptn",
+        "QA0001_beam2.ptn",
+        "QA0001_beam3.ptn",
+    ]
+
+
 def test_a_sample_holds_the_planning_systems_dose_of_its_plan(samples: Path) -> None:
     case = samples / "case-001"
     plan = pydicom.dcmread(next(case.glob("RP.*.dcm")))

@@ -47,7 +47,8 @@ class Command(BaseCommand):
         )
         for run in case.steps.select_related("gpu").order_by("pk"):
             out(
-                f"{run.name:<20} {run.attempt:>3} {run.status:<10} {printable(run.gpu or '-'):<10} "
+                f"{printable(run.label):<20} {run.attempt:>3} {run.status:<10} "
+                f"{printable(run.gpu or '-'):<10} "
                 f"{_time(run.started_at or run.dispatched_at):<19} {_time(run.finished_at):<19} "
                 f"{'-' if run.exit_code is None else run.exit_code}"
             )
