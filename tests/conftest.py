@@ -28,6 +28,19 @@ def base_config(tmp_path: Path) -> dict[str, Any]:
     return raw
 
 
+FAULTS_DIR = REPO_DIR / "tests" / "faults"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault suite first, as one xdist group: with ``bin/test``'s two workers its
+    production systems run one at a time on one worker (their processes and timings stay
+    as when run alone) while the other worker takes the rest of the suite."""
+    faults = [item for item in items if item.path.is_relative_to(FAULTS_DIR)]
+    for item in faults:
+        item.add_marker(pytest.mark.xdist_group("faults"))
+    items[:] = faults + [item for item in items if not item.path.is_relative_to(FAULTS_DIR)]
+
+
 @pytest.fixture
 def use_config(settings, tmp_path) -> Iterator[Callable[..., Path]]:
     """Write a config (the shipped one, changed by ``edit``) and make it the active one."""
