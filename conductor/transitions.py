@@ -122,8 +122,8 @@ def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any
         case, run = locked
         _record_outcome(run, outcome)
         _record_transfer(case, run, outcome)
+        log.info("case %s: step done: %s", case.case_id, run)  # before the next one starts
         _decide_and_apply(case, machine.Succeeded(_view(run)), config)
-    log.info("case %s: step done: %s", case.case_id, run)
     return True
 
 
