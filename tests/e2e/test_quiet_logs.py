@@ -71,9 +71,7 @@ def test_an_idle_system_repeats_nothing_at_info(tmp_path):
 
     info = [match for line in output.splitlines() if (match := INFO_LINE.match(line))]
     repeated = {
-        line: n
-        for line, n in Counter((m["logger"], m["message"]) for m in info).items()
-        if n > 1
+        line: n for line, n in Counter((m["logger"], m["message"]) for m in info).items() if n > 1
     }
     print(f"\n{len(info)} INFO lines in {IDLE_SECONDS} s idle:\n" + "\n".join(m[0] for m in info))
     assert "apscheduler" not in output
