@@ -9,3 +9,6 @@ from django_dramatiq.models import Task
 
 admin.site.unregister(Task)
 admin.site.site_url = None
+# The home page lists the few models; a sidebar repeating them on every page took the
+# width the case and GPU lists need at 1280 px.
+admin.site.enable_nav_sidebar = False

@@ -197,6 +197,11 @@ def test_the_overview_warns_when_cases_wait_and_no_gpu_is_in_service(page, live_
     expect(page.locator("#no-gpu-warning")).to_have_count(0)
 
 
+SCROLLING_BOXES = """() => Array.from(document.querySelectorAll(".results, .module, #content"))
+    .filter((box) => box.scrollWidth > box.clientWidth + 1)
+    .map((box) => (box.id || box.className) + " " + box.scrollWidth + ">" + box.clientWidth)"""
+
+
 def test_no_page_scrolls_sideways_at_1280_px(page, live_server):
     cases = populate_demo()
     long_line = "Generating particles for (3 of 5 batches) " + "x" * 400
@@ -216,9 +221,12 @@ def test_no_page_scrolls_sideways_at_1280_px(page, live_server):
     for name, url in pages.items():
         page.goto(url)
         width = page.evaluate("document.documentElement.scrollWidth")
-        if width > 1280:
-            too_wide[name] = width
-            screenshot(page, f"too-wide-{name}")
+        # the case list's table scrolls inside its own box (.results): clipped, not wide
+        boxes = page.evaluate(SCROLLING_BOXES)
+        if width > 1280 or boxes:
+            too_wide[name] = (width, boxes)
+        if not name.startswith("case-") or name == "case-list" or width > 1280 or boxes:
+            screenshot(page, f"at-1280-{name}")
 
     assert too_wide == {}
     page.goto(pages["case-failed"])
