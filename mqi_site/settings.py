@@ -173,6 +173,9 @@ LOGGING = {
         # "Running job ..." / "... executed successfully" for every trigger, several a
         # second: an idle system would log nothing else
         "apscheduler": {"level": "WARNING"},
+        # runmqi --web: one line per request, and an open case page asks every few
+        # seconds; 4xx and 5xx answers are still logged (at WARNING and ERROR)
+        "django.server": {"level": "WARNING"},
         "django.db.backends": {"level": "WARNING"},
     },
 }

@@ -4,6 +4,7 @@ and a case's events are one INFO line each, with the case id."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -47,16 +49,34 @@ def embedded_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def answers(url: str) -> bool:
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(url, timeout=5)  # the login page, after a redirect
+        return True
+    return False
+
+
 def run_idle(env: dict[str, str], seconds: float) -> str:
+    """runmqi --web's output over ``seconds`` with nothing to do but a page open: the
+    overview, asked for every second (as its self-updates would)."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "runmqi", "--web", "--addr", f"127.0.0.1:{free_port()}"],
+        [sys.executable, "manage.py", "runmqi", "--web", "--addr", f"127.0.0.1:{port}"],
         cwd=REPO_DIR,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(seconds)  # idle on purpose: what it logs while nothing happens is the subject
+    overview = f"http://127.0.0.1:{port}/admin/overview/"
+    started = time.monotonic() + 60
+    while not answers(overview):
+        assert time.monotonic() < started and process.poll() is None, "runmqi did not start"
+        time.sleep(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # idle on purpose: what it logs then is the subject
+        time.sleep(1)
+        answers(overview)
     process.send_signal(signal.SIGTERM)
     try:
         output, _ = process.communicate(timeout=60)
