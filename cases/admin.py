@@ -135,6 +135,7 @@ class OperatorActionsAdmin(admin.ModelAdmin):
 
     operator_actions: Sequence[OperatorAction] = ()
     change_form_template = "cases/admin/operator_change_form.html"
+    empty_value_display = "—"  # as every other empty value on these pages
 
     # -- read-only ---------------------------------------------------------------------
 
