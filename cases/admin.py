@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -28,6 +28,7 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -36,10 +37,16 @@ from django.utils.text import capfirst
 
 from cases import provenance
 from cases.models import ACTIVE_FIRST, Case, CaseEvent, WorkflowStep
-from conductor.operations import case_cancel, case_change_priority, case_retry
+from conductor.operations import (
+    case_cancel,
+    case_cancel_preview,
+    case_change_priority,
+    case_retry,
+)
 from conductor.transitions import CaseStateError
 from gpus.models import GPUResource
 from mqi_site.config import get_config
+from mqi_site.times import format_duration
 
 # --- small renderers (shared with the GPU admin) --------------------------------------
 
@@ -60,26 +67,6 @@ def progress_bar(percent: int, status: str, caption: str = "") -> SafeString:
         percent,
         caption or f"{percent}%",
     )
-
-
-def format_duration(span: timedelta | None, *, coarse: bool = False) -> str:
-    """``"45 s"``, ``"12 min 03 s"``, ``"3 h 07 min"``, ``"2 d 4 h"``; ``"—"`` when unknown.
-
-    ``coarse`` drops the seconds of spans over a minute (``"12 min"``).
-    """
-    if span is None:
-        return "—"
-    seconds = max(0, int(span.total_seconds()))
-    minutes, sec = divmod(seconds, 60)
-    hours, minute = divmod(minutes, 60)
-    days, hour = divmod(hours, 24)
-    if days:
-        return f"{days} d {hour} h"
-    if hours:
-        return f"{hours} h {minute:02d} min"
-    if minutes:
-        return f"{minutes} min" if coarse else f"{minutes} min {sec:02d} s"
-    return f"{sec} s"
 
 
 def gpu_link(gpu: GPUResource | None) -> SafeString | str:
@@ -119,9 +106,24 @@ class OperatorAction:
     run: Callable[[Any, str], str]
     offered: Callable[[Any], bool]
     danger: bool = False
+    # What the action would do to these objects, for a confirmation page; None: it is
+    # safe enough to run at once.
+    consequences: Callable[[Sequence[Any]], Consequences | None] | None = None
+
+
+@dataclass(frozen=True)
+class Consequences:
+    """What an action would do, shown on its confirmation page before it runs."""
+
+    per_object: list[tuple[Any, list[str]]]
+    warnings: list[str] = field(default_factory=list)
+
+
+CONFIRMED = "yes"  # the confirmation page posts post=yes, as Django's delete confirmation
 
 
 MAX_MESSAGES_PER_KIND = 20
+LIVE_REFRESH_SECONDS = 5
 
 
 class OperatorActionsAdmin(admin.ModelAdmin):
@@ -133,6 +135,7 @@ class OperatorActionsAdmin(admin.ModelAdmin):
 
     operator_actions: Sequence[OperatorAction] = ()
     change_form_template = "cases/admin/operator_change_form.html"
+    empty_value_display = "—"  # as every other empty value on these pages
 
     # -- read-only ---------------------------------------------------------------------
 
@@ -178,8 +181,40 @@ class OperatorActionsAdmin(admin.ModelAdmin):
             raise Http404(f"no {self.opts.verbose_name} with id {object_id!r}")
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
+        confirmation = self.confirmation(request, action, [obj], from_list=False)
+        if confirmation is not None:
+            return confirmation
         self.run_operator_action(request, action, [obj])
         return redirect(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", obj.pk)
+
+    def confirmation(
+        self,
+        request: HttpRequest,
+        action: OperatorAction,
+        objects: Sequence[Any],
+        *,
+        from_list: bool,
+    ) -> TemplateResponse | None:
+        """The page that says what ``action`` would do, until it is posted with post=yes;
+        None when the action needs no confirmation or has it."""
+        if action.consequences is None or request.POST.get("post") == CONFIRMED:
+            return None
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        consequences = action.consequences(objects)
+        if consequences is None:
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{action.label}: are you sure?",
+            "opts": self.opts,
+            "action": action,
+            "consequences": consequences,
+            "objects": objects,
+            "from_list": from_list,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "cases/admin/operator_confirmation.html", context)
 
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args, **kw):
         obj = context.get("original")
@@ -241,8 +276,15 @@ def list_actions(actions: Sequence[OperatorAction]) -> list[Callable[..., None]]
 
 def _list_action(action: OperatorAction) -> Callable[..., None]:
     @admin.action(permissions=["change"], description=action.label)
-    def run(modeladmin: OperatorActionsAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-        modeladmin.run_operator_action(request, action, queryset)
+    def run(
+        modeladmin: OperatorActionsAdmin, request: HttpRequest, queryset: QuerySet
+    ) -> TemplateResponse | None:
+        objects = list(queryset)
+        confirmation = modeladmin.confirmation(request, action, objects, from_list=True)
+        if confirmation is not None:
+            return confirmation
+        modeladmin.run_operator_action(request, action, objects)
+        return None
 
     run.__name__ = action.name
     return run
@@ -274,6 +316,17 @@ def _cancel(case: Case, actor: str) -> str:
     return f"Case {case.case_id}: cancelled"
 
 
+def _cancel_consequences(cases: Sequence[Case]) -> Consequences:
+    per_case = []
+    for case in cases:
+        try:
+            lines = case_cancel_preview(case_pk=case.pk)
+        except CaseStateError as exc:
+            lines = [f"nothing: {exc}"]
+        per_case.append((case, lines))
+    return Consequences(per_case)
+
+
 def _change_priority(by: int) -> Callable[[Case, str], str]:
     def change(case: Case, actor: str) -> str:
         # Read the current value, not the one the page was rendered with.
@@ -296,7 +349,9 @@ CASE_ACTIONS = (
     OperatorAction("rerun_from_start", "Re-run from the start", _rerun, _restartable),
     OperatorAction("raise_priority", "Raise priority", _change_priority(+1), _active),
     OperatorAction("lower_priority", "Lower priority", _change_priority(-1), _active),
-    OperatorAction("cancel", "Cancel", _cancel, _active, danger=True),
+    OperatorAction(
+        "cancel", "Cancel", _cancel, _active, danger=True, consequences=_cancel_consequences
+    ),
 )
 
 
@@ -448,11 +503,40 @@ class CaseAdmin(OperatorActionsAdmin):
         ),
         ("Failure", {"fields": ("error_kind", "error_message")}),
         ("Paths", {"fields": ("source_path", "remote_case_dir", "remote_output_dir", "results")}),
-        ("Times", {"fields": ("created_at", "updated_at", "finished_at", "age", "duration")}),
+        (
+            "Times",
+            {
+                "fields": (
+                    "created_at",
+                    "first_dispatched_at",
+                    "finished_at",
+                    "waited",
+                    "duration",
+                    "updated_at",
+                )
+            },
+        ),
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).with_gpus()
+
+    def get_fieldsets(self, request: HttpRequest, obj: Case | None = None):
+        """Only what says something about this case: no Failure section without a failure,
+        no remote folders before the case was uploaded anywhere."""
+        if obj is None:
+            return self.fieldsets
+        hidden = set()
+        if not obj.error_kind and not obj.error_message:
+            hidden |= {"error_kind", "error_message"}
+        if obj.current_run is None or obj.current_run.uploaded_at is None:
+            hidden |= {"remote_case_dir", "remote_output_dir"}
+        shown = []
+        for name, options in self.fieldsets:
+            fields = tuple(f for f in options["fields"] if f not in hidden)
+            if fields:
+                shown.append((name, {**options, "fields": fields}))
+        return shown
 
     def has_delete_permission(self, request: HttpRequest, obj: Case | None = None) -> bool:
         # Never: a deleted case whose folder is still in the watched directory is found
@@ -464,6 +548,8 @@ class CaseAdmin(OperatorActionsAdmin):
         events = CaseEvent.objects.filter(case=case).select_related("step_run").order_by("id")
         timeline = [{"run": run, "duration": format_duration(run.duration)} for run in runs]
         return {
+            # an active case's page updates itself (cases/static/cases/mqi-live.js)
+            "live_refresh_seconds": 0 if case.is_terminal else LIVE_REFRESH_SECONDS,
             "timeline": timeline,
             "case_events": events,
             "case_runs": provenance.case_runs(case),
@@ -478,8 +564,7 @@ class CaseAdmin(OperatorActionsAdmin):
 
     @admin.display(description="Progress", ordering="progress")
     def progress_bar(self, case: Case) -> SafeString:
-        caption = f"{case.progress}% {case.workflow_step}".strip()
-        return progress_bar(case.progress, case.status, caption)
+        return progress_bar(case.progress, case.status, case.progress_caption)
 
     @admin.display(description="GPU")
     def gpu(self, case: Case) -> SafeString | str:
@@ -491,9 +576,13 @@ class CaseAdmin(OperatorActionsAdmin):
 
     @admin.display(description="Duration")
     def duration(self, case: Case) -> str:
-        if case.finished_at is None:
-            return "—"
-        return format_duration(case.finished_at - case.created_at)
+        """From the first dispatch to the end: the time it ran, not the time it waited."""
+        return format_duration(case.run_time)
+
+    @admin.display(description="Waited")
+    def waited(self, case: Case) -> str:
+        """From being found to its first step's dispatch (for a GPU, a server)."""
+        return format_duration(case.waited)
 
     @admin.display(description="Patient", ordering="patient_id")
     def patient(self, case: Case) -> SafeString | str:

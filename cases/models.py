@@ -76,6 +76,8 @@ class Case(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When its first step run was sent to a worker: the time before it was spent waiting.
+    first_dispatched_at = models.DateTimeField(null=True, blank=True)
 
     objects = CaseQuerySet.as_manager()
 
@@ -110,6 +112,27 @@ class Case(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def progress_caption(self) -> str:
+        """ "Done" for a completed case; else its progress and the step it is at."""
+        if self.status == self.Status.COMPLETED:
+            return "Done"
+        return f"{self.progress}% {self.workflow_step}".strip()
+
+    @property
+    def waited(self):
+        """How long the case waited before its first step was sent (None: not yet)."""
+        if self.first_dispatched_at is None:
+            return None
+        return self.first_dispatched_at - self.created_at
+
+    @property
+    def run_time(self):
+        """From its first dispatch to its end (None until both are known)."""
+        if self.first_dispatched_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.first_dispatched_at
 
     @property
     def gpus(self) -> list:

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from cases.models import ACTIVE_STEP_STATUSES, Case, WorkflowStep
 from mqi_site.database import recheck_connection
+from mqi_site.untrusted_text import storable
 
 
 def _active(step_run_id: int):
@@ -41,6 +42,14 @@ def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> datetime 
     )
     _active(step_run_id).filter(started_at__isnull=True).update(started_at=now)
     return now if updated == 1 else None
+
+
+def step_run_keep_output(*, step_run_id: int, stdout_tail: str, stderr_tail: str) -> None:
+    """What a step run's command had printed when it was stopped (a cancel): kept for the
+    record, whatever the run's status now."""
+    WorkflowStep.objects.filter(pk=step_run_id).update(
+        stdout_tail=storable(stdout_tail), stderr_tail=storable(stderr_tail)
+    )
 
 
 def step_run_claim(*, step_run_id: int, deadline_sec: float) -> bool:
@@ -71,8 +80,10 @@ def step_run_heartbeat(
     progress: int | None = None,
     span: tuple[int, int] = (0, 100),
     last_beat: datetime | None = None,
+    tails: tuple[str, str] | None = None,
 ) -> datetime | None:
-    """Push the step run's deadline forward, and move its progress and the case's forward.
+    """Push the step run's deadline forward, move its progress and the case's forward, and
+    keep the command's latest ``(stdout, stderr)`` tails so the case page shows them live.
 
     ``progress`` is the run's own (0-100); the case's is its step's ``span`` (from the
     step's progress to the next step's) times the mean across the step's beams
@@ -90,7 +101,10 @@ def step_run_heartbeat(
     runs = _active(step_run_id)
     if last_beat is not None:
         runs = runs.filter(heartbeat_at=last_beat)
-    if not runs.update(heartbeat_at=now, deadline=now + timedelta(seconds=deadline_sec)):
+    fields = {"heartbeat_at": now, "deadline": now + timedelta(seconds=deadline_sec)}
+    if tails is not None:
+        fields.update(stdout_tail=storable(tails[0]), stderr_tail=storable(tails[1]))
+    if not runs.update(**fields):
         return None
     if progress is not None:
         _active(step_run_id).filter(progress__lt=progress).update(progress=min(100, progress))

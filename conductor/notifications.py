@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from cases.models import CaseEvent
 from mqi_site.config import get_config
+from mqi_site.times import format_time
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,21 @@ def notify_case_event(event_pk: int) -> bool:
     event = CaseEvent.objects.select_related("case", "step_run").get(pk=event_pk)
     case = event.case
     link = settings.admin_base_url.rstrip("/") + reverse("admin:cases_case_change", args=[case.pk])
-    step = event.step_run.name if event.step_run else case.workflow_step or "-"
-    subject = f"[MQI] case {case.case_id} {case.status.lower()} at {step}"
+    step = event.step_run.name if event.step_run else case.workflow_step
+    reason = case.error_message or event.message
+    if step:
+        subject = f"[MQI] case {case.case_id} {case.status.lower()} at {step}"
+    else:
+        # it never reached a step: the folder itself was found wanting, say how
+        subject = f"[MQI] case {case.case_id} {case.status.lower()}: {_first_line(reason)}"
     body = (
         f"Case:    {case.case_id}\n"
-        f"Status:  {case.status}\n"
-        f"Step:    {step}\n"
-        f"Reason:  {case.error_message or event.message}\n"
+        f"Status:  {case.get_status_display()}\n"
+        f"Step:    {step or 'none (the case folder was checked before any step)'}\n"
+        f"Reason:  {reason}\n"
         f"Kind:    {case.error_kind or '-'}\n"
-        f"Folder:  {case.source_path}\n\n"
+        f"Folder:  {case.source_path}\n"
+        f"Time:    {format_time(event.created_at)}\n\n"
         f"Open the case: {link}\n"
     )
     try:
@@ -56,3 +63,8 @@ def notify_case_event(event_pk: int) -> bool:
         raise
     log.info("case %s: mailed %s about %s", case.case_id, ", ".join(settings.email_to), event.kind)
     return True
+
+
+def _first_line(text: str, limit: int = 120) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no reason recorded"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -16,9 +16,10 @@ from django.db import transaction
 
 from cases import manifest as manifests
 from cases.folder import FolderState, check_case_folder, folder_facts
-from cases.models import Case, CaseEvent
+from cases.models import Case, CaseEvent, WorkflowStep
 from conductor import transitions
 from conductor.transitions import CaseStateError, FolderFacts
+from gpus.models import GPUResource
 from mqi_site.config import get_config
 
 RESTARTABLE = (Case.Status.FAILED, Case.Status.CANCELLED)
@@ -55,6 +56,24 @@ def case_retry(*, case_pk: int, from_start: bool = False, actor: str = "") -> tu
 def case_cancel(*, case_pk: int, actor: str = "") -> Case:
     """Kill the case's remote process groups, release its GPUs, mark it CANCELLED."""
     return transitions.case_cancel(case_pk=case_pk, actor=actor)
+
+
+def case_cancel_preview(*, case_pk: int) -> list[str]:
+    """What cancelling the case would do, in words, one line each; decided by the cancel's
+    own code (``transitions.case_cancel_plan``).  Raises :class:`CaseStateError` when the
+    cancel would be refused."""
+    plan = transitions.case_cancel_plan(case_pk=case_pk)
+    runs = WorkflowStep.objects.in_bulk([finish.run for finish in plan.finish])
+    gpus = {gpu.step_run_id: gpu for gpu in GPUResource.objects.filter(step_run__in=plan.release)}
+    lines = []
+    for finish in plan.finish:
+        run = runs[finish.run]
+        where = f" on GPU {gpus[run.pk]}" if run.pk in gpus else ""
+        what = "kills its command" if run.pk in plan.kill else "stops it"
+        lines.append(f"{run} ({run.get_status_display()}{where}): {what}")
+    lines += [f"GPU {gpu} is released" for gpu in gpus.values()]
+    lines.append(f"the case becomes {plan.status}")
+    return lines
 
 
 def case_change_priority(*, case_pk: int, by: int, actor: str = "") -> Case:

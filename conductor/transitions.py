@@ -122,6 +122,7 @@ def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any
         case, run = locked
         _record_outcome(run, outcome)
         _record_transfer(case, run, outcome)
+        log.info("case %s: step done: %s", case.case_id, run)  # before the next one starts
         _decide_and_apply(case, machine.Succeeded(_view(run)), config)
     return True
 
@@ -185,6 +186,16 @@ def advance_workflow(case_pk: int, *, skip_locked: bool = False) -> str | None:
         return case.status
 
 
+# The waiting line: step runs waiting for a GPU get one in this order (highest priority,
+# then the oldest case).  The overview shows the queue in the same order.
+WAITING_ORDER = ("-case__priority", "case__created_at", "case_id", "pk")
+
+
+def waiting_step_runs():
+    """The step runs waiting for a GPU, first in line first."""
+    return WorkflowStep.objects.filter(status=WorkflowStep.Status.PENDING).order_by(*WAITING_ORDER)
+
+
 def advance_waiting(*, limit: int = 200) -> int:
     """Give free GPUs to step runs waiting for one: highest priority, then oldest case first.
 
@@ -194,11 +205,7 @@ def advance_waiting(*, limit: int = 200) -> int:
     still has a waiting step run (see ``_apply``).  Returns how many started.
     """
     started = 0
-    waiting = (
-        WorkflowStep.objects.filter(status=WorkflowStep.Status.PENDING)
-        .order_by("-case__priority", "case__created_at", "case_id", "pk")
-        .values_list("pk", "case_id", "case__host")[:limit]
-    )
+    waiting = waiting_step_runs().values_list("pk", "case_id", "case__host")[:limit]
     for run_pk, case_pk, host in list(waiting):
         if not free_gpu_exists():
             break
@@ -332,6 +339,12 @@ def case_cancel(*, case_pk: int, actor: str = "") -> Case:
     return case
 
 
+def case_cancel_plan(*, case_pk: int) -> machine.Plan:
+    """What :func:`case_cancel` would do now: the same decision, nothing applied (for a
+    confirmation page or a dry run).  Raises :class:`CaseStateError` as the cancel would."""
+    return _decide(Case.objects.get(pk=case_pk), machine.Cancel(), get_config())
+
+
 def lock_case(case_pk: int) -> Case:
     """The case row, locked for the rest of the caller's transaction."""
     return _lock_case(case_pk)
@@ -423,11 +436,15 @@ def _view(run: WorkflowStep, gpu: int | None = None) -> machine.StepRun:
 # --- applying a plan ----------------------------------------------------------------------
 
 
-def _decide_and_apply(case: Case, event: machine.Event, config: Config) -> machine.Plan:
+def _decide(case: Case, event: machine.Event, config: Config) -> machine.Plan:
     try:
-        plan = machine.decide(_state(case, config), event)
+        return machine.decide(_state(case, config), event)
     except Refused as exc:
         raise CaseStateError(f"case {case.case_id} {exc}") from None
+
+
+def _decide_and_apply(case: Case, event: machine.Event, config: Config) -> machine.Plan:
+    plan = _decide(case, event, config)
     _apply(case, plan, config)
     return plan
 
@@ -551,6 +568,10 @@ def _dispatch(
         case.host = gpu.host if gpu is not None else _pick_host(config)
         case.save(update_fields=["host", "updated_at"])
         CaseRun.objects.filter(pk=case.current_run_id).update(host=case.host)
+    if case.first_dispatched_at is None:
+        # the case's duration counts from here; before it, it waited (for a GPU, a server)
+        case.first_dispatched_at = now
+        case.save(update_fields=["first_dispatched_at", "updated_at"])
     run.host = case.host
     run.gpu = gpu
     if gpu is None and not host_is_up(case.host):
@@ -568,6 +589,7 @@ def _dispatch(
     route = STEP_ROUTES[run.type]
     payload = {"case_id": case.case_id, "step_run_id": run.pk}
     send_on_commit(route.actor, route.command, payload, delay_ms=delay_ms or None)
+    log.info("case %s: step started: %s on %s", case.case_id, run, gpu or case.host)
 
 
 def _pick_host(config: Config) -> str:

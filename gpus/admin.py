@@ -7,6 +7,8 @@ is drained: it finishes its step run, then goes to maintenance) and ``gpu_end_ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.contrib import admin
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
@@ -15,15 +17,18 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from cases.admin import (
+    Consequences,
     OperatorAction,
     OperatorActionsAdmin,
     case_link,
-    format_duration,
     list_actions,
     status_badge,
 )
+from cases.models import Case
 from conductor.maintenance import gpu_end_maintenance, gpu_start_maintenance
 from gpus.models import GPUResource, Host
+from gpus.services import in_service_gpus
+from mqi_site.times import format_duration, format_time
 
 
 def _start_maintenance(gpu: GPUResource, actor: str) -> str:
@@ -31,6 +36,32 @@ def _start_maintenance(gpu: GPUResource, actor: str) -> str:
     if gpu.drain_requested:
         return f"GPU {gpu}: drain requested; it goes to maintenance when its step finishes"
     return f"GPU {gpu}: in maintenance"
+
+
+def _maintenance_consequences(gpus: Sequence[GPUResource]) -> Consequences | None:
+    """Confirm when a GPU holds a case, or when no GPU would be left in service."""
+    leaving = [gpu for gpu in gpus if _can_start(gpu)]
+    per_gpu = [(gpu, [_leaving_said(gpu)]) for gpu in leaving]
+    left = in_service_gpus().exclude(pk__in=[gpu.pk for gpu in leaving]).count()
+    warnings = []
+    if leaving and left == 0:
+        waiting = Case.objects.filter(status__in=Case.ACTIVE).count()
+        warnings.append(
+            f"No GPU will be in service: cases that need one wait until a GPU is back "
+            f"({waiting} case{'s' if waiting != 1 else ''} not finished now)."
+        )
+    if not warnings and not any(gpu.step_run_id for gpu in leaving):
+        return None
+    return Consequences(per_gpu, warnings)
+
+
+def _leaving_said(gpu: GPUResource) -> str:
+    if gpu.step_run is None:
+        return "leaves service now"
+    return (
+        f"holds case {gpu.step_run.case.case_id} ({gpu.step_run.name}): that step finishes "
+        "(nothing is killed), then the GPU leaves service"
+    )
 
 
 def _end_maintenance(gpu: GPUResource, actor: str) -> str:
@@ -50,7 +81,13 @@ def _can_end(gpu: GPUResource) -> bool:
 
 
 GPU_ACTIONS = (
-    OperatorAction("start_maintenance", "Start maintenance", _start_maintenance, _can_start),
+    OperatorAction(
+        "start_maintenance",
+        "Start maintenance",
+        _start_maintenance,
+        _can_start,
+        consequences=_maintenance_consequences,
+    ),
     OperatorAction("end_maintenance", "End maintenance", _end_maintenance, _can_end),
 )
 
@@ -98,8 +135,7 @@ class GPUResourceAdmin(OperatorActionsAdmin):
             badge += status_badge("drain", "drain pending")
         down_since = getattr(gpu, "host_down_since", None)
         if down_since is not None:
-            since = timezone.localtime(down_since).strftime("%Y-%m-%d %H:%M:%S")
-            badge += status_badge("host-down", f"server down since {since}")
+            badge += status_badge("host-down", f"server down since {format_time(down_since)}")
         return badge
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:

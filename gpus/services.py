@@ -28,6 +28,15 @@ def free_gpus(host: str | None = None):
     return free.filter(host=host) if host else free
 
 
+def in_service_gpus():
+    """GPUs that take cases now or after their current one: available or reserved, not
+    being drained to maintenance.  (A free GPU a foreign process uses stays in service.)"""
+    return GPUResource.objects.filter(
+        status__in=(GPUResource.Status.AVAILABLE, GPUResource.Status.RESERVED),
+        drain_requested=False,
+    )
+
+
 # --- GPU servers up and down ---------------------------------------------------------------
 
 

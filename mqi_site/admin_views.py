@@ -21,13 +21,16 @@ from django.urls import path
 from django.views.decorators.cache import never_cache
 
 from cases.models import Case
+from conductor.transitions import waiting_step_runs
 from gpus.models import GPUResource, Host
+from gpus.services import in_service_gpus
 
 app_name = "overview"
 
 REFRESH_SECONDS = 10
 RUNNING_SHOWN = 50
 FAILURES_SHOWN = 10
+WAITING_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,29 @@ def gpu_occupancy() -> list[HostOccupancy]:
     ]
 
 
+@dataclass(frozen=True)
+class WaitingCase:
+    position: int  # 1: the next to get a GPU
+    case: Case
+    step: str
+
+
+def waiting_cases() -> list[WaitingCase]:
+    """Cases waiting for a GPU, in the order the conductor hands GPUs out."""
+    seen: dict[int, WaitingCase] = {}
+    for run in waiting_step_runs().select_related("case")[: WAITING_SHOWN * 4]:
+        if run.case_id not in seen and len(seen) < WAITING_SHOWN:
+            seen[run.case_id] = WaitingCase(len(seen) + 1, run.case, str(run.name))
+    return list(seen.values())
+
+
 def latest_failures() -> list[Case]:
     failed = Case.objects.filter(status=Case.Status.FAILED)
     return list(failed.order_by("-finished_at", "-pk")[:FAILURES_SHOWN])
 
 
 def overview_context(request: HttpRequest) -> dict[str, Any]:
+    waiting = waiting_cases()
     return {
         **admin.site.each_context(request),
         "title": "Overview",
@@ -83,6 +103,9 @@ def overview_context(request: HttpRequest) -> dict[str, Any]:
         "running_cases": running_cases(),
         "running_shown": RUNNING_SHOWN,
         "hosts": gpu_occupancy(),
+        "waiting_cases": waiting,
+        # cases wait and nothing will ever give them a GPU until an operator acts
+        "no_gpu_in_service": bool(waiting) and not in_service_gpus().exists(),
         "failures": latest_failures(),
     }
 

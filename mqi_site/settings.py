@@ -104,6 +104,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("MQI_TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+# The admin's date and time formats (mqi_site/formats/en): one format everywhere.
+FORMAT_MODULE_PATH = ["mqi_site.formats"]
 
 STATIC_URL = "static/"
 # Served straight from the apps (no collectstatic for the embedded run); production
@@ -168,6 +170,12 @@ LOGGING = {
     "loggers": {
         "paramiko": {"level": "WARNING"},
         "dramatiq": {"level": "WARNING"},
+        # "Running job ..." / "... executed successfully" for every trigger, several a
+        # second: an idle system would log nothing else
+        "apscheduler": {"level": "WARNING"},
+        # runmqi --web: one line per request, and an open case page asks every few
+        # seconds; 4xx and 5xx answers are still logged (at WARNING and ERROR)
+        "django.server": {"level": "WARNING"},
         "django.db.backends": {"level": "WARNING"},
     },
 }

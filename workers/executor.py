@@ -27,7 +27,7 @@ from dramatiq.errors import BrokerError
 from redis.exceptions import RedisError
 
 from cases.models import WorkflowStep
-from cases.services import step_run_heartbeat, step_run_mark_running
+from cases.services import step_run_heartbeat, step_run_keep_output, step_run_mark_running
 from mqi_site.config import Config, StepSpec, get_config
 from mqi_site.messaging import CONDUCTOR, REMOTE_EXECUTOR, Command, ErrorKind, send
 from workers.hosts import ensure_remote_dir, host_environment, transport_for
@@ -50,7 +50,9 @@ MAX_POLL_MS = 3000
 # Consecutive polls that could not reach the host before the step counts as failed
 # (transiently: the conductor's retry budget decides what happens next).
 MAX_UNREACHABLE_POLLS = 100
-TAIL_BYTES = 4000
+# The last bytes of stdout and stderr a poll reads and stores: the case page shows them
+# live, and they are what is kept of a command's output.
+TAIL_BYTES = 64 * 1024
 # Progress is read from the end of each new chunk of output: at most this many lines, each
 # cut to this many characters, so whatever the command prints, one poll's matching stays
 # short (the accepted patterns cost about the square of a line's length).
@@ -259,7 +261,7 @@ def _execute(run: StepRun, transport: Transport, payload: dict[str, Any], config
                 run, offset=int(payload.get("offset", 0)), polls=0, unreachable=1, beat=beat
             )
         return
-    log.info("%s %s on %s", run.step.name, "started" if started else "re-attached", run.host)
+    log.debug("%s %s on %s", run.step.name, "started" if started else "re-attached", run.host)
     beat = step_run_mark_running(step_run_id=run.id, deadline_sec=_grace_sec(config))
     if beat is None:
         # Cancelled between our look and the start: the cancel found nothing to kill.
@@ -347,6 +349,7 @@ def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None
         progress=progress,
         span=run.span,
         last_beat=last_beat,
+        tails=(status.stdout_tail[-TAIL_BYTES:], status.stderr_tail[-TAIL_BYTES:]),
     )
     if beat is None:
         return  # cancelled while we looked, or a duplicate poll: another one goes on
@@ -415,11 +418,18 @@ def cancel(payload: dict[str, Any]) -> None:
         return
     case_dir = get_config().run_paths(row.case.case_id, row.run.number, row.host).case_dir
     run_dir = remote_run_dir(case_dir, row.name, row.pk)
+    transport = transport_for(row.host)
     try:
-        killed = kill_group(transport_for(row.host), run_dir)
+        killed = kill_group(transport, run_dir)
+        # what it had printed until then stays with the cancelled run
+        status = poll(transport, run_dir, tail_bytes=TAIL_BYTES)
     except TransportError as exc:
         if exc.permanent:
             log.error("cancel of %s could not kill %s: %s", row, run_dir, exc)
             return
         raise  # transient: the actor's retries try again
+    if status.state != RunState.MISSING:
+        step_run_keep_output(
+            step_run_id=row.pk, stdout_tail=status.stdout_tail, stderr_tail=status.stderr_tail
+        )
     log.info("cancelled %s: %s", row, "process group killed" if killed else "nothing was running")

@@ -21,13 +21,15 @@ CASE_LIST = reverse("admin:cases_case_changelist")
 GPU_LIST = reverse("admin:gpus_gpuresource_changelist")
 
 
-def list_action(client: Client, url: str, action: str, objects) -> list[tuple[str, str]]:
-    """Run a list action; the (level, text) of each message the next page showed."""
-    response = client.post(
-        url,
-        {"action": action, ACTION_CHECKBOX_NAME: [o.pk for o in objects], "index": 0},
-        follow=True,
-    )
+def list_action(
+    client: Client, url: str, action: str, objects, *, confirmed: bool = False
+) -> list[tuple[str, str]]:
+    """Run a list action (``confirmed``: as posted from its confirmation page); the (level,
+    text) of each message the next page showed."""
+    data = {"action": action, ACTION_CHECKBOX_NAME: [o.pk for o in objects], "index": 0}
+    if confirmed:
+        data["post"] = "yes"
+    response = client.post(url, data, follow=True)
     assert response.redirect_chain == [(url, 302)]
     return [(m.level_tag, m.message) for m in response.context["messages"]]
 
@@ -88,7 +90,7 @@ def test_maintenance_of_a_reserved_gpu_waits_for_its_case(operator_client: Clien
     gpu = make_gpus(1)[0]
     case = processing_case("busy-1")
 
-    messages = list_action(operator_client, GPU_LIST, "start_maintenance", [gpu])
+    messages = list_action(operator_client, GPU_LIST, "start_maintenance", [gpu], confirmed=True)
 
     gpu.refresh_from_db()
     assert messages == [
@@ -119,7 +121,7 @@ def test_a_detail_action_returns_to_the_detail_page(operator_client: Client):
     case = processing_case("back-1")
 
     response = operator_client.post(
-        reverse("admin:cases_case_operator_action", args=[case.pk, "cancel"])
+        reverse("admin:cases_case_operator_action", args=[case.pk, "cancel"]), {"post": "yes"}
     )
 
     assert response.status_code == 302

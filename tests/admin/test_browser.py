@@ -56,6 +56,14 @@ def click_button(page: Page, label: str) -> None:
     page.get_by_role("button", name=label, exact=True).click()
 
 
+def confirm(page: Page, action: str, *says: str) -> None:
+    """On the action's confirmation page: check that it says ``says``, then confirm."""
+    expect(page.locator("h1")).to_contain_text("are you sure?")
+    for text in says:
+        expect(page.locator("#content-main")).to_contain_text(text)
+    page.locator(f"[data-confirm={action}]").click()
+
+
 def expect_message(page: Page, level: str, text: str) -> None:
     expect(page.locator(f"ul.messagelist li.{level}")).to_contain_text(text)
 
@@ -115,7 +123,7 @@ def test_the_overview_shows_counts_running_cases_gpus_and_failures(page, live_se
     page.get_by_role("link", name="Overview").first.click()
 
     expect(page.locator("h1")).to_have_text("Overview")
-    expect(page.locator("meta[http-equiv=refresh]")).to_have_attribute("content", "10")
+    expect(page.locator("[data-mqi-live]")).to_have_attribute("data-mqi-live", "10")
     expect(page.locator('[data-status="PROCESSING"] .mqi-count-n')).to_have_text("4")
     expect(page.locator('[data-status="COMPLETED"] .mqi-count-n')).to_have_text("2")
     expect(page.locator("#running-cases tbody tr")).to_have_count(4)
@@ -193,6 +201,7 @@ def test_cancel_from_the_list_reports_each_case(page, live_server):
     run_list_action(
         page, f"{live_server.url}/admin/cases/case/", ["cancel-me", "already-done"], "cancel"
     )
+    confirm(page, "cancel", "cancel-me:run_interpreter#1", "nothing: case already-done")
 
     expect_message(page, "success", "Case cancel-me: cancelled")
     expect_message(page, "error", "Case already-done is already COMPLETED; nothing to cancel")
@@ -207,6 +216,7 @@ def test_cancel_on_the_detail_page(page, live_server):
 
     open_case(page, live_server, case)
     click_button(page, "Cancel")
+    confirm(page, "cancel", "kills its command", "is released")
 
     expect_message(page, "success", "Case cancel-2: cancelled")
     assert reload(case).status == Case.Status.CANCELLED
@@ -237,6 +247,7 @@ def test_gpu_maintenance_on_from_the_list_and_off_on_the_detail_page(page, live_
     run_list_action(
         page, f"{live_server.url}/admin/gpus/gpuresource/", ["node-7:0"], "start_maintenance"
     )
+    confirm(page, "start_maintenance", "leaves service now", "No GPU will be in service")
     expect_message(page, "success", "GPU node-7:0: in maintenance")
     gpu.refresh_from_db()
     assert gpu.status == GPUResource.Status.MAINTENANCE
@@ -255,6 +266,7 @@ def test_maintenance_of_a_reserved_gpu_drains_it(page, live_server):
     open_gpu(page, live_server, gpu)
     expect(page.locator(".field-held_by")).to_contain_text("drain-1")
     click_button(page, "Start maintenance")
+    confirm(page, "start_maintenance", "holds case drain-1")
 
     expect_message(page, "success", "drain requested")
     gpu.refresh_from_db()
@@ -264,6 +276,7 @@ def test_maintenance_of_a_reserved_gpu_drains_it(page, live_server):
 
     open_case(page, live_server, case)
     click_button(page, "Cancel")
+    confirm(page, "cancel")
     expect_message(page, "success", "Case drain-1: cancelled")
     gpu.refresh_from_db()
     assert (gpu.status, gpu.drain_requested) == (GPUResource.Status.MAINTENANCE, False)

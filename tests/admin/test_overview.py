@@ -79,10 +79,11 @@ def test_it_takes_the_same_number_of_queries_for_10_and_1000_cases(operator_clie
 
 
 @pytest.mark.django_db
-def test_it_reloads_itself(operator_client):
+def test_it_updates_itself(operator_client):
     html, _ = overview(operator_client)
 
-    assert '<meta http-equiv="refresh" content="10">' in html
+    assert 'data-mqi-live="10"' in html
+    assert "cases/mqi-live.js" in html
 
 
 @pytest.mark.django_db

@@ -44,7 +44,9 @@ def test_it_escapes_markup_in_action_messages(operator_client: Client):
     case = register(XSS)
 
     response = operator_client.post(
-        reverse("admin:cases_case_operator_action", args=[case.pk, "cancel"]), follow=True
+        reverse("admin:cases_case_operator_action", args=[case.pk, "cancel"]),
+        {"post": "yes"},
+        follow=True,
     )
 
     html = response.content.decode()

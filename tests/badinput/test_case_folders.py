@@ -496,7 +496,7 @@ def test_a_strange_but_valid_name_gets_its_results_under_that_name(outcome: Outc
     assert case.case_id == name
     assert (outcome.site.results(name) / "RTDOSE.dcm").is_file()
     assert outcome.site.starts(name, "interpreter") == 1
-    assert f"COMPLETED  {name}  ->" in outcome.run.stdout
+    assert f"Completed  {name}  ->" in outcome.run.stdout
 
 
 # --- the run as a whole ---------------------------------------------------------------------------
@@ -540,7 +540,7 @@ def test_runmqi_lists_every_case_with_its_reason_and_says_some_failed(outcome: O
     assert outcome.run.code == 1
     for case in outcome.cases.values():
         if case.status == FAILED:
-            assert f"FAILED     {case.case_id}  {case.error_message}" in outcome.run.stdout
+            assert f"Failed     {case.case_id}  {case.error_message}" in outcome.run.stdout
 
 
 def test_no_handler_crashed(outcome: Outcome):

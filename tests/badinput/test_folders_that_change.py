@@ -213,10 +213,10 @@ def test_a_fixed_folder_runs_again_only_when_replayed_from_the_start(site):
     replay_from_start("QA-fixed")
     replayed = run_mqi("--once", "--timeout", "60")
 
-    assert "FAILED     QA-fixed  invalid case folder: QA0001_beam2.ptn is empty" in first.stdout
+    assert "Failed     QA-fixed  invalid case folder: QA0001_beam2.ptn is empty" in first.stdout
     assert f"no complete case folders in {site.watch_dir}" in unchanged.stdout
     assert replayed.code == 0, replayed.stdout
-    assert "COMPLETED  QA-fixed" in replayed.stdout
+    assert "Completed  QA-fixed" in replayed.stdout
 
 
 def test_an_outside_link_replayed_from_the_start_is_still_not_uploaded(site):
@@ -230,7 +230,7 @@ def test_an_outside_link_replayed_from_the_start_is_still_not_uploaded(site):
     replayed = run_mqi("--once", "--timeout", "60")
 
     case = Case.objects.get(case_id="QA-linked")
-    assert "FAILED     QA-linked  invalid case folder: the case folder is a symbolic" in (
+    assert "Failed     QA-linked  invalid case folder: the case folder is a symbolic" in (
         first.stdout
     )
     assert replayed.code == 0  # the replay was refused: nothing new to run

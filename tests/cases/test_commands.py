@@ -125,7 +125,19 @@ def test_cancel_case_dry_run_changes_nothing(gpus, stub_broker):
     out, _ = run("cancel_case", "a", "--dry-run")
 
     assert snapshot() == before
-    assert "would cancel a (PROCESSING, upload_case_files)" in out
+    assert "would cancel a:" in out
+    assert "a:upload_case_files#1 (Dispatched on GPU local:0): stops it" in out
+    assert "GPU local:0 is released" in out
+
+
+def test_cancel_case_dry_run_refuses_what_the_real_command_refuses(gpus, stub_broker):
+    completed = register("done")
+    Case.objects.filter(pk=completed.pk).update(status=Case.Status.COMPLETED)
+
+    with pytest.raises(CommandError, match="1 of 1 case\\(s\\) would be not cancelled"):
+        run("cancel_case", "done", "--dry-run")
+    with pytest.raises(CommandError, match="1 of 1 case\\(s\\) not cancelled"):
+        run("cancel_case", "done")
 
 
 def test_cancel_case_cancels_and_releases_the_gpu(gpus, stub_broker):
@@ -151,7 +163,7 @@ def test_case_status_shows_one_case_timeline(gpus, stub_broker):
 
     out, _ = run("case_status", "a")
 
-    assert "status    FAILED" in out
+    assert "status    Failed" in out
     assert "run_interpreter" in out and "[permanent] a broke" in out
     assert "created" in out and "failed" in out
 
@@ -162,8 +174,48 @@ def test_case_status_summary_counts_every_status(gpus, stub_broker):
 
     out, _ = run("case_status")
 
-    assert "PROCESSING: 1" in out and "FAILED: 1" in out and "COMPLETED: 0" in out
+    assert "Processing: 1" in out and "Failed: 1" in out and "Completed: 0" in out
+    assert "Waiting for a GPU: 0" in out
     assert "running" in out and "broken broke" in out
+
+
+def test_case_status_prints_the_whole_failure_message(gpus, stub_broker):
+    case = failed_case("long")
+    message = "the interpreter said: " + "x" * 300 + " THE END"
+    Case.objects.filter(pk=case.pk).update(error_message=message)
+
+    summary, _ = run("case_status")
+    one, _ = run("case_status", "long")
+
+    assert message in summary and message in one
+
+
+def test_case_status_names_statuses_as_the_pages_do(stub_broker):
+    register("waits")  # no GPU at all: it waits for one
+
+    out, _ = run("case_status", "waits")
+
+    assert "status    Waiting for a GPU" in out
+    assert "PENDING_RESOURCE" not in out
+
+
+@pytest.mark.parametrize("zone, label", [("UTC", "UTC"), ("Europe/Zurich", "CET")])
+def test_case_status_shows_times_in_the_sites_zone_with_its_label(
+    gpus, stub_broker, settings, zone, label
+):
+    settings.TIME_ZONE = zone
+    with time_machine.travel("2026-11-29 18:44:36Z", tick=False):
+        completed = register_sample("timed")
+    for _ in range(4):
+        with time_machine.travel("2026-11-29 18:50:00Z", tick=False):
+            succeed(active_run(completed))
+
+    out, _ = run("case_status", "timed")
+
+    local = "18:44:36" if zone == "UTC" else "19:44:36"
+    assert f"found 2026-11-29 {local} {label}" in out
+    assert "waited 0 s" in out and "ran 5 min 24 s" in out
+    assert "Completed  Done" in out
 
 
 def test_case_status_of_an_unknown_case_is_an_error():
@@ -176,6 +228,7 @@ def test_reconcile_dry_run_lists_without_acting(gpus, stub_broker):
     with time_machine.travel(timezone.now() + timedelta(minutes=10)):
         out, _ = run("reconcile", "--dry-run")
         assert not CaseEvent.objects.filter(case=case, kind="redriven").exists()
-        assert "would re-drive a:upload_case_files#1" in out
+        assert "would have: re-driven 1" in out
+        assert "re-drive a:upload_case_files#1" in out
         out, _ = run("reconcile")
     assert "re-driven 1" in out

@@ -75,3 +75,15 @@ def test_no_addresses_no_mail(stub_broker, mailoutbox):
     fail(active_run(register("case-1")), ErrorKind.PERMANENT, "bad")
 
     assert deliver_notifications(stub_broker) == 0
+
+
+def test_a_mail_about_an_invalid_folder_says_what_was_wrong(stub_broker, mail_to, mailoutbox):
+    register("case-bad", problems=["RP.plan.dcm is not a DICOM file"])
+
+    assert deliver_notifications(stub_broker) == 1
+    (mail,) = mailoutbox
+    assert "failed at -" not in mail.subject
+    assert mail.subject.startswith("[MQI] case case-bad failed: ")
+    assert "RP.plan.dcm is not a DICOM file" in mail.subject
+    assert "RP.plan.dcm is not a DICOM file" in mail.body
+    assert "Status:  Failed" in mail.body

@@ -40,9 +40,9 @@ def test_the_demo_processes_sample_cases_to_rt_dose():
     )
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "COMPLETED  case-001" in done.stdout
+    assert "Completed  case-001" in done.stdout
     assert (
-        "FAILED     case-invalid-not-dicom  invalid case folder: RP.plan.dcm is not a DICOM file"
+        "Failed     case-invalid-not-dicom  invalid case folder: RP.plan.dcm is not a DICOM file"
         in done.stdout
     )
     password = (REPO_DIR / "var/demo/admin-password.txt").read_text().strip()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 # Values for the parts of a route, so that each pattern becomes a URL it matches.
 SAMPLE_VALUES = {"object_id": "1", "content_type_id": "1", "id": "1", "action_name": "cancel"}
 SAMPLE_REGEX = {
-    r"^(?P<app_label>auth|django_dramatiq|cases|gpus)/$": "cases/",
+    r"^(?P<app_label>auth|cases|gpus)/$": "cases/",
     r"(?P<url>.*)$": "no-such-page/",
 }
 # Open on purpose: the login form itself, and logging out (which shows nothing).

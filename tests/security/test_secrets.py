@@ -181,9 +181,9 @@ def test_no_secret_reaches_a_log_an_output_a_stored_message_or_a_file(tmp_path):
 
     assert loaded.stdout.split() == ["True", "True", "True"], loaded.stderr
     output = done.stdout + done.stderr
-    assert "COMPLETED  QA-ok" in done.stdout, output
-    assert "FAILED     QA-fails  run_interpreter failed: exited with code 3" in done.stdout
-    assert "FAILED     QA-invalid  invalid case folder" in done.stdout
+    assert "Completed  QA-ok" in done.stdout, output
+    assert "Failed     QA-fails  run_interpreter failed: exited with code 3" in done.stdout
+    assert "Failed     QA-invalid  invalid case folder" in done.stdout
     assert " DEBUG " in output and "notifier" in output  # DEBUG lines, and the mail failed
     assert MARKER not in output
     stored = [

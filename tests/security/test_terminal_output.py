@@ -112,5 +112,5 @@ def test_case_status_piped_into_head_ends_quietly(settings):
         check=False,
     )
 
-    assert done.stdout.decode().startswith("NEW: 2000")
+    assert done.stdout.decode().startswith("New: 2000")
     assert done.stderr.decode() == ""

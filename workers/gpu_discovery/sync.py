@@ -162,7 +162,10 @@ def sync_gpus(config: Config) -> list[HostSync]:
         # New or returning GPUs (or ones a foreign process left): start waiting cases.
         send(CONDUCTOR, Command.RECONCILE, {})
     for report in reports:
-        log.info(
+        # at INFO only when something changed: an idle system stays quiet
+        changed = report.added or report.back or report.offline or report.error
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
             "GPU discovery on %s: %d seen, %d new, %d back, %d offline, foreign busy %s%s",
             report.host,
             report.seen,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from cases.models import Case
-from conductor.operations import case_cancel
+from conductor.operations import case_cancel, case_cancel_preview
 from conductor.transitions import CaseStateError
 from mqi_site.untrusted_text import printable
 
@@ -25,15 +25,22 @@ class Command(BaseCommand):
                 self.stderr.write(f"{shown}: no such case")
                 refused += 1
                 continue
-            if dry_run:
-                self.stdout.write(f"would cancel {shown} ({case.status}, {case.workflow_step})")
-                continue
             try:
-                case_cancel(case_pk=case.pk, actor="cancel_case")
+                if dry_run:
+                    # the cancel's own decision, not applied: refused exactly when it would be
+                    lines = case_cancel_preview(case_pk=case.pk)
+                else:
+                    case_cancel(case_pk=case.pk, actor="cancel_case")
             except CaseStateError as exc:
                 self.stderr.write(f"{shown}: {printable(exc)}")
                 refused += 1
                 continue
-            self.stdout.write(self.style.SUCCESS(f"cancelled {shown}"))
+            if dry_run:
+                self.stdout.write(f"would cancel {shown}:")
+                for line in lines:
+                    self.stdout.write(f"  {printable(line)}")
+            else:
+                self.stdout.write(self.style.SUCCESS(f"cancelled {shown}"))
         if refused:
-            raise CommandError(f"{refused} of {len(case_ids)} case(s) not cancelled")
+            would = " would be" if dry_run else ""
+            raise CommandError(f"{refused} of {len(case_ids)} case(s){would} not cancelled")

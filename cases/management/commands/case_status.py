@@ -4,11 +4,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
 from cases.models import Case
+from mqi_site.times import format_duration, format_time
 from mqi_site.untrusted_text import printable
 
 
 def _time(value) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+    return format_time(value, empty="-")
 
 
 class Command(BaseCommand):
@@ -35,21 +36,25 @@ class Command(BaseCommand):
         gpu = ", ".join(str(gpu) for gpu in case.gpus)
         out = self.stdout.write
         out(f"case      {printable(case.case_id)}")
-        out(f"status    {case.status}  {case.progress}%  step {case.workflow_step or '-'}")
+        out(f"status    {case.get_status_display()}  {case.progress_caption}")
         out(f"workflow  {case.workflow}   host {case.host or '-'}   GPU {printable(gpu or '-')}")
         out(f"folder    {printable(case.source_path)}")
+        out(
+            f"times     found {_time(case.created_at)}, waited {format_duration(case.waited)}, "
+            f"ran {format_duration(case.run_time)}, ended {_time(case.finished_at)}"
+        )
         if case.error_message:
             out(f"error     [{case.error_kind}] {printable(case.error_message)}")
         out("")
         out(
-            f"{'step':<20} {'try':>3} {'status':<10} {'gpu':<10} {'started':<19} "
-            f"{'finished':<19} exit"
+            f"{'step':<20} {'try':>3} {'status':<26} {'gpu':<10} {'started':<23} "
+            f"{'finished':<23} exit"
         )
         for run in case.steps.select_related("gpu").order_by("pk"):
             out(
-                f"{printable(run.label):<20} {run.attempt:>3} {run.status:<10} "
+                f"{printable(run.label):<20} {run.attempt:>3} {run.get_status_display():<26} "
                 f"{printable(run.gpu or '-'):<10} "
-                f"{_time(run.started_at or run.dispatched_at):<19} {_time(run.finished_at):<19} "
+                f"{_time(run.started_at or run.dispatched_at):<23} {_time(run.finished_at):<23} "
                 f"{'-' if run.exit_code is None else run.exit_code}"
             )
             if run.error_message:
@@ -62,7 +67,7 @@ class Command(BaseCommand):
     def _summary(self, limit: int) -> None:
         counts = dict(Case.objects.values_list("status").annotate(n=Count("pk")))
         out = self.stdout.write
-        out("  ".join(f"{status}: {counts.get(status, 0)}" for status in Case.Status.values))
+        out("  ".join(f"{label}: {counts.get(value, 0)}" for value, label in Case.Status.choices))
         active = (
             Case.objects.filter(status__in=Case.ACTIVE)
             .with_gpus()
@@ -73,14 +78,12 @@ class Command(BaseCommand):
             for case in active:
                 gpu = ", ".join(str(gpu) for gpu in case.gpus)
                 out(
-                    f"  {printable(case.case_id):<40} {case.status:<16} {case.progress:>3}% "
-                    f"{case.workflow_step:<20} {printable(gpu or '-')}"
+                    f"  {printable(case.case_id):<40} {case.get_status_display():<18} "
+                    f"{case.progress_caption:<25} {printable(gpu or '-')}"
                 )
         failed = Case.objects.filter(status=Case.Status.FAILED).order_by("-finished_at")[:limit]
         if failed:
             out("\nlatest failures:")
             for case in failed:
-                out(
-                    f"  {printable(case.case_id):<40} {_time(case.finished_at)} "
-                    f"{printable(case.error_message[:80])}"
-                )
+                out(f"  {printable(case.case_id):<40} {_time(case.finished_at)}")
+                out(f"    {printable(case.error_message)}")

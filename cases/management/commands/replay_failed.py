@@ -49,8 +49,8 @@ class Command(BaseCommand):
         for case in selected:
             # case ids and reasons come from outside: shown with control characters escaped
             line = (
-                f"{printable(case.case_id):<40} {case.workflow_step or '-':<20} "
-                f"{printable(case.error_message[:60])}"
+                f"{printable(case.case_id):<40} {case.workflow_step or '-':<20}\n"
+                f"    {printable(case.error_message)}"
             )
             if opts["dry_run"]:
                 self.stdout.write(f"would replay from {where}: {line}")

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from conductor.reconcile import ReconcileReport, overdue_step_runs, reconcile, stalled_cases
+from conductor.dry_run import rolled_back
+from conductor.reconcile import ReconcileReport, reconcile
 
 
 class Command(BaseCommand):
@@ -12,14 +13,27 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--dry-run", action="store_true", help="show, change nothing")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="run the real pass, then roll it back: shows what it would do, changes nothing",
+        )
 
     def handle(self, *args, dry_run: bool, **opts) -> None:
         if dry_run:
-            for run in overdue_step_runs():
-                self.stdout.write(f"would re-drive {run} (deadline {run.deadline:%H:%M:%S})")
-            for case in stalled_cases():
-                self.stdout.write(f"would advance {case.case_id} ({case.status})")
+            with rolled_back():
+                report = reconcile()
+            self._print(report, "would have: ")
             return
-        report: ReconcileReport = reconcile()
-        self.stdout.write(self.style.SUCCESS(report.summary()))
+        report = reconcile()
+        self._print(report, "")
+
+    def _print(self, report: ReconcileReport, prefix: str) -> None:
+        self.stdout.write(self.style.SUCCESS(f"{prefix}{report.summary()}"))
+        for label, names in (
+            ("re-drive", report.redriven),
+            ("fail", report.failed),
+            ("advance", report.advanced),
+        ):
+            for name in names:
+                self.stdout.write(f"  {label} {name}")

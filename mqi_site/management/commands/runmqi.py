@@ -137,11 +137,13 @@ class Command(BaseCommand):
             if case.status == Case.Status.COMPLETED:
                 run = case.current_run
                 where = config.run_paths(case.case_id, run.number, run.host).results_dir
-                self.stdout.write(self.style.SUCCESS(f"  COMPLETED  {case.case_id}  -> {where}"))
+                label = case.get_status_display()
+                self.stdout.write(self.style.SUCCESS(f"  {label:<9}  {case.case_id}  -> {where}"))
             else:
                 failed += 1
                 reason = case.error_message or case.workflow_step
-                self.stdout.write(self.style.ERROR(f"  {case.status:<9}  {case.case_id}  {reason}"))
+                label = case.get_status_display()
+                self.stdout.write(self.style.ERROR(f"  {label:<9}  {case.case_id}  {reason}"))
         return 1 if failed else 0
 
 
