@@ -273,7 +273,14 @@ def status_of(active: Sequence[str]) -> str:
     return CaseStatus.PROCESSING
 
 
+# Step types that run on this side, on the downloaded results: they need no GPU (under
+# either policy) and no GPU server.
+LOCAL_STEP_TYPES = frozenset({"evaluate"})
+
+
 def needs_gpu(spec: StepSpec, policy: str) -> bool:
+    if spec.type in LOCAL_STEP_TYPES:
+        return False
     return policy == "every_step" or spec.type == "execute"
 
 

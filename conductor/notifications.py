@@ -1,4 +1,5 @@
-"""Mail to the configured addresses when a case fails (and optionally completes).
+"""Mail to the configured addresses when a case fails or fails its QA (and optionally
+when it completes); every mail says the case's QA verdict.
 
 At most one mail per event: the event row is claimed (``notified_at``) before sending, and
 released again if the mail server refuses, so a retry can send it.
@@ -12,7 +13,7 @@ from django.core.mail import send_mail
 from django.urls import reverse
 from django.utils import timezone
 
-from cases.models import CaseEvent
+from cases.models import CaseEvent, QAResult
 from mqi_site.config import get_config
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def wants_notification(kind: str) -> bool:
     settings = get_config().notifications
     return bool(settings.email_to) and (
-        kind == "failed" or (kind == "completed" and settings.on_complete)
+        kind in ("failed", "qa_failed") or (kind == "completed" and settings.on_complete)
     )
 
 
@@ -40,9 +41,12 @@ def notify_case_event(event_pk: int) -> bool:
     link = settings.admin_base_url.rstrip("/") + reverse("admin:cases_case_change", args=[case.pk])
     step = event.step_run.name if event.step_run else case.workflow_step or "-"
     subject = f"[MQI] case {case.case_id} {case.status.lower()} at {step}"
+    if event.kind == "qa_failed":
+        subject = f"[MQI] case {case.case_id} {case.status.lower()}, QA FAILED"
     body = (
         f"Case:    {case.case_id}\n"
         f"Status:  {case.status}\n"
+        f"QA:      {_qa_said(case)}\n"
         f"Step:    {step}\n"
         f"Reason:  {case.error_message or event.message}\n"
         f"Kind:    {case.error_kind or '-'}\n"
@@ -56,3 +60,11 @@ def notify_case_event(event_pk: int) -> bool:
         raise
     log.info("case %s: mailed %s about %s", case.case_id, ", ".join(settings.email_to), event.kind)
     return True
+
+
+def _qa_said(case) -> str:
+    """The case's QA verdict and, when there is one, its pass rates."""
+    if not case.qa_verdict:
+        return "not evaluated yet"
+    result = QAResult.objects.filter(run_id=case.current_run_id).order_by("-pk").first()
+    return result.describe() if result else case.get_qa_verdict_display()

@@ -58,7 +58,13 @@ STOP_TIMEOUT_SEC = 30.0
 
 ROLES: dict[str, list[str]] = {
     "conductor": ["-Q", "conductor_queue", "notifications_queue"],
-    "workers": ["-Q", "file_transfer_queue", "remote_executor_queue", "scanner_queue"],
+    "workers": [
+        "-Q",
+        "file_transfer_queue",
+        "remote_executor_queue",
+        "scanner_queue",
+        "evaluation_queue",
+    ],
 }
 
 
