@@ -122,6 +122,21 @@ class Case(models.Model):
         return self.status in self.TERMINAL
 
     @property
+    def qa_result(self) -> QAResult | None:
+        """The gamma analysis of the current run (the newest, if it was evaluated twice)."""
+        if self.current_run_id is None:
+            return None
+        results = QAResult.objects.filter(run_id=self.current_run_id).prefetch_related("criteria")
+        return results.order_by("-pk").first()
+
+    def qa_said(self) -> str:
+        """The QA verdict in words, with the pass rates: for the CLI and the mail."""
+        result = self.qa_result
+        if result is not None:
+            return result.describe()
+        return "not evaluated" + ("" if self.is_terminal else " yet")
+
+    @property
     def gpus(self) -> list:
         """The GPUs the case's step runs hold now (prefetched by ``with_gpus()``)."""
         runs = getattr(self, "runs_in_flight", None)

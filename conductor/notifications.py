@@ -13,7 +13,7 @@ from django.core.mail import send_mail
 from django.urls import reverse
 from django.utils import timezone
 
-from cases.models import CaseEvent, QAResult
+from cases.models import CaseEvent
 from mqi_site.config import get_config
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def notify_case_event(event_pk: int) -> bool:
     body = (
         f"Case:    {case.case_id}\n"
         f"Status:  {case.status}\n"
-        f"QA:      {_qa_said(case)}\n"
+        f"QA:      {case.qa_said()}\n"
         f"Step:    {step}\n"
         f"Reason:  {case.error_message or event.message}\n"
         f"Kind:    {case.error_kind or '-'}\n"
@@ -60,11 +60,3 @@ def notify_case_event(event_pk: int) -> bool:
         raise
     log.info("case %s: mailed %s about %s", case.case_id, ", ".join(settings.email_to), event.kind)
     return True
-
-
-def _qa_said(case) -> str:
-    """The case's QA verdict and, when there is one, its pass rates."""
-    if not case.qa_verdict:
-        return "not evaluated yet"
-    result = QAResult.objects.filter(run_id=case.current_run_id).order_by("-pk").first()
-    return result.describe() if result else case.get_qa_verdict_display()

@@ -7,82 +7,24 @@ actor by hand, as the broker would."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import generate_uid
 
-from cases import provenance
 from cases.models import Case, QAResult, WorkflowStep
-from conductor.actors import conductor
 from gpus.models import GPUResource
 from mqi_site.messaging import QUEUES, Command
-from tests.conductor.helpers import active_run, make_gpus, register_sample, succeed
+from tests.conductor.helpers import make_gpus, register_sample
 from tests.conftest import drain
+from tests.qa_cases import TPS_DOSE, at_evaluation, evaluated, moqui_dose, results_dir
 from workers import evaluate
 
 pytestmark = pytest.mark.django_db
-
-TPS_DOSE = "RD.tps.dcm"
 
 
 @pytest.fixture(autouse=True)
 def gpus(stub_broker):
     return make_gpus(1)
-
-
-def moqui_dose(case: Case, name: str, *, factor: float = 1.0, beam: int = 0) -> Path:
-    """MOQUI's dose in the case's results: the planning system's, times ``factor``; with
-    ``beam``, that beam's part of it (the plan's two beams, half each)."""
-    dataset = pydicom.dcmread(Path(case.source_path) / TPS_DOSE)
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.DoseGridScaling = float(dataset.DoseGridScaling) * factor * (0.5 if beam else 1)
-    if beam:
-        dataset.DoseSummationType = "BEAM"
-        reference = Dataset()
-        reference.ReferencedBeamNumber = beam
-        group = Dataset()
-        group.ReferencedFractionGroupNumber = 1
-        group.ReferencedBeamSequence = DicomSequence([reference])
-        dataset.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence = DicomSequence([group])
-    path = results_dir(case) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def results_dir(case: Case) -> Path:
-    return provenance.run_paths(Case.objects.get(pk=case.pk)).results_dir
-
-
-def at_evaluation(case: Case, *files: Path) -> WorkflowStep:
-    """Upload, interpreter and simulation done; the download brought ``files``."""
-    for _ in range(3):
-        succeed(active_run(case))
-    listed = [
-        {
-            "path": str(path.relative_to(results_dir(case))),
-            "size": path.stat().st_size,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        }
-        for path in files
-    ]
-    succeed(active_run(case), files=listed)
-    run = active_run(case)
-    assert run.type == "evaluate"
-    return run
-
-
-def evaluated(run: WorkflowStep, stub_broker) -> Case:
-    """Run the worker on ``run``, then let the conductor act on what it reported."""
-    evaluate.handle(Command.EVALUATE_RESULTS, {"case_id": run.case.case_id, "step_run_id": run.pk})
-    for message in drain(stub_broker, QUEUES["conductor"]):
-        conductor(*message.args)
-    return Case.objects.get(pk=run.case_id)
 
 
 def test_a_dose_that_matches_the_tps_dose_passes_qa_on_no_gpu(stub_broker, gpus):

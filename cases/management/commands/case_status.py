@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
+from cases import provenance
 from cases.models import Case
 from mqi_site.untrusted_text import printable
 
@@ -38,6 +39,10 @@ class Command(BaseCommand):
         out(f"status    {case.status}  {case.progress}%  step {case.workflow_step or '-'}")
         out(f"workflow  {case.workflow}   host {case.host or '-'}   GPU {printable(gpu or '-')}")
         out(f"folder    {printable(case.source_path)}")
+        paths = provenance.run_paths(case)
+        run = f"run {case.current_run.number}" if case.current_run else "no run yet"
+        out(f"results   {printable(str(paths.results_dir)) if paths else '-'}   ({run})")
+        out(f"QA        {printable(case.qa_said())}")
         if case.error_message:
             out(f"error     [{case.error_kind}] {printable(case.error_message)}")
         out("")
