@@ -44,7 +44,7 @@ TERMINAL_CASE_STATUSES = (CaseStatus.COMPLETED, CaseStatus.FAILED, CaseStatus.CA
 class QAVerdict(TextChoices):
     """The gamma verdict of a case's current run ("" while it has none)."""
 
-    NONE = "", "—"
+    NONE = "", "no verdict yet"
     PASSED = "PASSED", "QA passed"
     FAILED = "FAILED", "QA failed"
     NOT_EVALUATED = "NOT_EVALUATED", "not evaluated"

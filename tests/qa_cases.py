@@ -75,4 +75,7 @@ def evaluated(run: WorkflowStep, stub_broker) -> Case:
 def evaluated_case(case_id: str, broker, *, factor: float = 1.0) -> Case:
     """A sample case run to its end, its MOQUI dose the planning system's times ``factor``."""
     case = register_sample(case_id)
-    return evaluated(at_evaluation(case, moqui_dose(case, "RTDOSE.dcm", factor=factor)), broker)
+    dose = moqui_dose(case, "RTDOSE.dcm", factor=factor)
+    log = dose.parent / "moqui.log"
+    log.write_text("MOQUI stand-in: 5 of 5 batches\ndose written to RTDOSE.dcm\n")
+    return evaluated(at_evaluation(case, dose, log), broker)
