@@ -137,7 +137,10 @@ class Command(BaseCommand):
             if case.status == Case.Status.COMPLETED:
                 run = case.current_run
                 where = config.run_paths(case.case_id, run.number, run.host).results_dir
-                self.stdout.write(self.style.SUCCESS(f"  COMPLETED  {case.case_id}  -> {where}"))
+                # a QA that failed is a completed case, and must stand out as much as a failure
+                style = self.style.ERROR if case.qa_verdict == "FAILED" else self.style.SUCCESS
+                self.stdout.write(style(f"  COMPLETED  {case.case_id}  -> {where}"))
+                self.stdout.write(style(f"             {case.qa_said()}"))
             else:
                 failed += 1
                 reason = case.error_message or case.workflow_step
