@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,9 +112,15 @@ class Evaluation:
 def evaluate_run(case: Case, run: CaseRun, settings: EvaluationSection) -> Evaluation:
     """Gamma of the run's downloaded dose against the planning system's dose."""
     evaluated_files = _evaluated_doses(case, run)
-    reference_files = _reference_doses(case, run, settings)
+    reference_files, gone = _reference_doses(case, run, settings)
     if not reference_files:
-        return Evaluation(note=NO_TPS_DOSE, evaluated_files=_listed(evaluated_files))
+        note = NO_TPS_DOSE
+        if gone:
+            note += (
+                f" ({', '.join(gone)} left it after run {run.number} was uploaded; re-run the "
+                "case to evaluate it)"
+            )
+        return Evaluation(note=note, evaluated_files=_listed(evaluated_files))
     reference = _one_dose([read_dose(path) for path, _ in reference_files], "planning system")
     evaluated = _one_dose([read_dose(path) for path, _ in evaluated_files], "MOQUI")
     gamma = gamma_analysis(
@@ -195,13 +202,18 @@ def _evaluated_doses(case: Case, run: CaseRun) -> list[tuple[Path, str]]:
 
 def _reference_doses(
     case: Case, run: CaseRun, settings: EvaluationSection
-) -> list[tuple[Path, str]]:
-    """The RT Doses among the files the run uploaded from the case folder."""
+) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The RT Doses among the files the run uploaded from the case folder, and the files
+    that could have been one but have left the folder since (the run went on from its
+    uploaded copy)."""
     folder = Path(case.source_path)
-    found = []
+    found, gone = [], []
     for entry in run.manifest:
         name = entry["path"].rsplit("/", 1)[-1]
         if not any(fnmatch.fnmatch(name, pattern) for pattern in settings.tps_dose_globs):
+            continue
+        if not os.path.lexists(folder / entry["path"]):
+            gone.append(entry["path"])
             continue
         try:
             path = confined_path(folder, entry["path"])
@@ -216,7 +228,7 @@ def _reference_doses(
                 path, entry["sha256"], f"the case folder as run {run.number} uploaded it"
             )
             found.append((path, entry["sha256"]))
-    return found
+    return found, gone
 
 
 def _check_unchanged(path: Path, sha256: str, what: str) -> None:
