@@ -209,6 +209,13 @@ def test_an_evaluation_retried_after_a_transient_error_takes_no_gpu(policy):
     assert [(start.step.name, start.gpu) for start in plan.start] == [("evaluate", False)]
 
 
+def test_a_long_outage_of_its_server_does_not_fail_a_case_being_evaluated_here():
+    _, state = running(EVALUATE, gpu=None)
+    state = replace(state, steps=(*QA, EVALUATE), host_up=False, executed=True)
+
+    expect(decide(state, HostGone("2026-11-30T01:00:00+00:00", 3600, "refused")))
+
+
 def test_a_beam_done_while_other_beams_run_only_frees_its_gpu():
     beam1 = StepRun(1, "simulate", "execute", beam=1, gpu=7)
     beam2 = StepRun(2, "simulate", "execute", beam=2, gpu=8)
