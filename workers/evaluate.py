@@ -121,8 +121,8 @@ def evaluate_run(case: Case, run: CaseRun, settings: EvaluationSection) -> Evalu
                 "case to evaluate it)"
             )
         return Evaluation(note=note, evaluated_files=_listed(evaluated_files))
-    reference = _one_dose([read_dose(path) for path, _ in reference_files], "planning system")
-    evaluated = _one_dose([read_dose(path) for path, _ in evaluated_files], "MOQUI")
+    reference = _one_dose([read_dose(path) for path, *_ in reference_files], "planning system")
+    evaluated = _one_dose([read_dose(path) for path, *_ in evaluated_files], "MOQUI")
     gamma = gamma_analysis(
         reference,
         evaluated,
@@ -179,8 +179,9 @@ def qa_result_record(*, step_run: WorkflowStep, evaluation: Evaluation) -> bool:
 # --- finding the doses --------------------------------------------------------------------
 
 
-def _evaluated_doses(case: Case, run: CaseRun) -> list[tuple[Path, str]]:
-    """The RT Doses among the run's result files, each as downloaded."""
+def _evaluated_doses(case: Case, run: CaseRun) -> list[tuple[Path, str, str]]:
+    """The RT Doses among the run's result files, each as downloaded: (where it is, its
+    name in the results, its SHA-256)."""
     paths = provenance.run_paths(case, run)
     if paths is None:
         raise EvaluationError(f"case {case.case_id} has no results folder")
@@ -191,7 +192,7 @@ def _evaluated_doses(case: Case, run: CaseRun) -> list[tuple[Path, str]]:
         path = confined_path(paths.results_dir, result_file.path)
         if is_rt_dose(path):
             _check_unchanged(path, result_file.sha256, f"run {run.number}'s results")
-            found.append((path, result_file.sha256))
+            found.append((path, result_file.path, result_file.sha256))
     if not found:
         raise EvaluationError(
             f"the results of run {run.number} ({paths.results_dir}) hold no RT Dose; check "
@@ -202,7 +203,7 @@ def _evaluated_doses(case: Case, run: CaseRun) -> list[tuple[Path, str]]:
 
 def _reference_doses(
     case: Case, run: CaseRun, settings: EvaluationSection
-) -> tuple[list[tuple[Path, str]], list[str]]:
+) -> tuple[list[tuple[Path, str, str]], list[str]]:
     """The RT Doses among the files the run uploaded from the case folder, and the files
     that could have been one but have left the folder since (the run went on from its
     uploaded copy)."""
@@ -227,7 +228,7 @@ def _reference_doses(
             _check_unchanged(
                 path, entry["sha256"], f"the case folder as run {run.number} uploaded it"
             )
-            found.append((path, entry["sha256"]))
+            found.append((path, entry["path"], entry["sha256"]))
     return found, gone
 
 
@@ -255,8 +256,8 @@ def _one_dose(grids: list[DoseGrid], whose: str) -> DoseGrid:
     return sum_doses(grids)
 
 
-def _listed(files: list[tuple[Path, str]]) -> list[dict]:
-    return [{"path": path.name, "sha256": sha256} for path, sha256 in files]
+def _listed(files: list[tuple[Path, str, str]]) -> list[dict]:
+    return [{"path": name, "sha256": sha256} for _, name, sha256 in files]
 
 
 def _gamma_pictures(evaluation: Evaluation) -> list[bytes]:

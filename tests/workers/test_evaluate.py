@@ -73,7 +73,10 @@ def test_doses_written_per_beam_are_summed_before_the_comparison(stub_broker):
 
     assert case.qa_verdict == "PASSED"
     result = QAResult.objects.get(step_run=run)
-    assert len(result.evaluated_files) == 2
+    assert [f["path"] for f in result.evaluated_files] == [
+        "beam-1/RTDOSE.dcm",
+        "beam-2/RTDOSE.dcm",
+    ]
     assert {c.pass_rate_pct for c in result.criteria.all()} == {100.0}
 
 
