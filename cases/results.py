@@ -62,17 +62,23 @@ def result_path(case: Case, result_file: ResultFile) -> Path:
     return confined_path(paths.results_dir, result_file.path)
 
 
-def dose_result_files(case: Case, run: CaseRun) -> list[ResultFile]:
-    """The run's result files that are RT Doses (a file that cannot be read is left out)."""
+def dose_result_files(
+    case: Case, run: CaseRun, *, skip_unreadable: bool = True
+) -> list[tuple[ResultFile, Path]]:
+    """The run's result files that are RT Doses, with where each is.  A file that cannot be
+    read is left out, or with ``skip_unreadable=False`` raises (``ResultFileError``,
+    ``DoseFileError``)."""
     doses = []
     for result_file in run.result_files.all():
         if not result_file.path.lower().endswith(".dcm"):
             continue
         try:
-            if is_rt_dose(result_path(case, result_file)):
-                doses.append(result_file)
+            path = result_path(case, result_file)
+            if is_rt_dose(path):
+                doses.append((result_file, path))
         except (ResultFileError, DoseFileError):
-            continue
+            if not skip_unreadable:
+                raise
     return doses
 
 
@@ -89,7 +95,7 @@ def dose_views(case: Case, run: CaseRun | None) -> list[DoseView]:
     if run is None:
         return []
     views = []
-    for result_file in dose_result_files(case, run):
+    for result_file, _ in dose_result_files(case, run):
         try:
             views.append(DoseView(result_file, dose_summary(case, result_file)))
         except (ResultFileError, DoseFileError) as exc:
@@ -98,18 +104,18 @@ def dose_views(case: Case, run: CaseRun | None) -> list[DoseView]:
 
 
 def dose_summary(case: Case, result_file: ResultFile) -> DoseSummary:
-    return _cached(case, result_file, "dose summary", lambda grid, path: summarize_dose(grid))
+    return _cached(case, result_file, "dose summary", summarize_dose)
 
 
 def dose_png(case: Case, result_file: ResultFile, *, thumbnail: bool = False) -> bytes:
     """The dose's three slices through its maximum (or, ``thumbnail``, the axial one)."""
     if thumbnail:
-        return _cached(case, result_file, "dose thumbnail", lambda grid, path: dose_thumbnail(grid))
+        return _cached(case, result_file, "dose thumbnail", dose_thumbnail)
     return _cached(
         case,
         result_file,
         "dose picture",
-        lambda grid, path: dose_picture(grid, title=f"{case.case_id}: {result_file.path}"),
+        lambda grid: dose_picture(grid, title=f"{case.case_id}: {result_file.path}"),
     )
 
 
@@ -119,6 +125,6 @@ def _cached(case: Case, result_file: ResultFile, variant: str, draw):
     cache = caches[PICTURE_CACHE]
     value = cache.get(key)
     if value is None:
-        value = draw(read_dose(path), path)
+        value = draw(read_dose(path))
         cache.set(key, value, timeout=None)
     return value

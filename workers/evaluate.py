@@ -36,7 +36,7 @@ from django.db import DatabaseError, connection, transaction
 
 from cases import provenance
 from cases.models import Case, CaseRun, QACriterion, QAResult, WorkflowStep
-from cases.results import ResultFileError, confined_path, open_confined
+from cases.results import ResultFileError, confined_path, dose_result_files, open_confined
 from cases.services import step_run_claim, step_run_heartbeat
 from evaluation.dose import DoseFileError, DoseGrid, is_rt_dose, read_dose
 from evaluation.gamma import GammaError, GammaResult, gamma_analysis, sum_doses
@@ -186,13 +186,9 @@ def _evaluated_doses(case: Case, run: CaseRun) -> list[tuple[Path, str, str]]:
     if paths is None:
         raise EvaluationError(f"case {case.case_id} has no results folder")
     found = []
-    for result_file in run.result_files.all():
-        if not result_file.path.lower().endswith(".dcm"):
-            continue
-        path = confined_path(paths.results_dir, result_file.path)
-        if is_rt_dose(path):
-            _check_unchanged(path, result_file.sha256, f"run {run.number}'s results")
-            found.append((path, result_file.path, result_file.sha256))
+    for result_file, path in dose_result_files(case, run, skip_unreadable=False):
+        _check_unchanged(path, result_file.sha256, f"run {run.number}'s results")
+        found.append((path, result_file.path, result_file.sha256))
     if not found:
         raise EvaluationError(
             f"the results of run {run.number} ({paths.results_dir}) hold no RT Dose; check "

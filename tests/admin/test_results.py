@@ -114,6 +114,17 @@ def test_the_dose_picture_is_cached_per_file_and_drawn_again_when_the_file_chang
     assert second.status_code == 200 and second.content != first.content
 
 
+def test_a_dose_that_cannot_be_read_says_why_instead_of_a_picture(passed, operator_client):
+    dose = results_dir(passed) / "RTDOSE.dcm"
+    dose.write_bytes(dose.read_bytes()[:-5000])
+
+    page = operator_client.get(reverse("admin:cases_case_change", args=[passed.pk]))
+
+    assert page.status_code == 200
+    assert "RTDOSE.dcm cannot be shown: RTDOSE.dcm" in page.content.decode()
+    assert b"mqi-dose-picture" not in page.content
+
+
 # --- in the browser -------------------------------------------------------------------
 
 EVERY_IMAGE_LOADED = "[...document.images].every(image => image.complete && image.naturalWidth > 0)"
