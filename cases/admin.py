@@ -26,7 +26,13 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+)
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -35,8 +41,15 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
-from cases import provenance
-from cases.models import ACTIVE_FIRST, Case, CaseEvent, WorkflowStep
+from cases import provenance, results
+from cases.models import (
+    ACTIVE_FIRST,
+    Case,
+    CaseEvent,
+    QACriterion,
+    ResultFile,
+    WorkflowStep,
+)
 from conductor.operations import (
     case_cancel,
     case_cancel_preview,
@@ -44,6 +57,7 @@ from conductor.operations import (
     case_retry,
 )
 from conductor.transitions import CaseStateError
+from evaluation.dose import DoseFileError
 from gpus.models import GPUResource
 from mqi_site.config import get_config
 from mqi_site.times import format_duration
@@ -87,6 +101,17 @@ def gpu_links(gpus: list[GPUResource]) -> SafeString | str:
     if not gpus:
         return "—"
     return format_html_join(", ", "{}", ((gpu_link(gpu),) for gpu in gpus))
+
+
+def qa_badge(case: Case) -> SafeString | str:
+    """QA passed / QA failed / not evaluated; a dash while the case has not got that far."""
+    verdict = case.qa_verdict
+    if not verdict:
+        if not case.is_terminal:
+            return "—"
+        verdict = Case.QAVerdict.NOT_EVALUATED
+    label = Case.QAVerdict(verdict).label
+    return format_html('<span class="mqi-badge mqi-qa-{}">{}</span>', verdict.lower(), label)
 
 
 # --- operator actions: one definition serves the list and the detail page --------------
@@ -450,6 +475,8 @@ class CaseAdmin(OperatorActionsAdmin):
         "patient",
         "plan",
         "status_badge",
+        "qa_badge",
+        "dose_thumbnail",
         "progress_bar",
         "gpu",
         "priority",
@@ -459,6 +486,7 @@ class CaseAdmin(OperatorActionsAdmin):
     list_display_links = ("case_id",)
     list_filter = (
         "status",
+        "qa_verdict",
         WorkflowFilter,
         TreatmentMachineFilter,
         GPUHostFilter,
@@ -479,6 +507,7 @@ class CaseAdmin(OperatorActionsAdmin):
                 "fields": (
                     "case_id",
                     "status_badge",
+                    "qa_badge",
                     "progress_bar",
                     "workflow",
                     "priority",
@@ -519,7 +548,77 @@ class CaseAdmin(OperatorActionsAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).with_gpus()
+        # the result files of each case's current run: one more query for the whole page
+        return (
+            super().get_queryset(request).with_gpus().prefetch_related("current_run__result_files")
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        own = [
+            path(
+                "<path:object_id>/results/<int:file_pk>/download/",
+                view(self.result_download_view),
+                name="cases_case_result_download",
+            ),
+            path(
+                "<path:object_id>/results/<int:file_pk>/<slug:size>.png",
+                view(self.dose_picture_view),
+                name="cases_case_dose_picture",
+            ),
+            path(
+                "<path:object_id>/qa/<int:criterion_pk>/gamma.png",
+                view(self.gamma_picture_view),
+                name="cases_case_gamma_picture",
+            ),
+        ]
+        return own + super().get_urls()
+
+    # -- results: downloads and pictures (staff with view permission only) -----------
+
+    def result_download_view(self, request: HttpRequest, object_id: str, file_pk: int):
+        case, result_file = self._result_file(request, object_id, file_pk)
+        try:
+            handle = results.open_confined(results.result_path(case, result_file))
+        except results.ResultFileError as exc:
+            raise Http404(str(exc)) from None
+        name = result_file.path.rsplit("/", 1)[-1]
+        return FileResponse(handle, as_attachment=True, filename=name)
+
+    def dose_picture_view(self, request: HttpRequest, object_id: str, file_pk: int, size: str):
+        if size not in ("dose", "thumbnail"):
+            raise Http404(f"no picture {size!r}")
+        case, result_file = self._result_file(request, object_id, file_pk)
+        try:
+            png = results.dose_png(case, result_file, thumbnail=size == "thumbnail")
+        except (results.ResultFileError, DoseFileError) as exc:
+            raise Http404(str(exc)) from None
+        return HttpResponse(png, content_type="image/png")
+
+    def gamma_picture_view(self, request: HttpRequest, object_id: str, criterion_pk: int):
+        case = self._viewable_case(request, object_id)
+        criterion = QACriterion.objects.filter(pk=criterion_pk, result__run__case=case).first()
+        if criterion is None or not criterion.gamma_png:
+            raise Http404(f"no gamma map {criterion_pk} for case {case.case_id}")
+        return HttpResponse(bytes(criterion.gamma_png), content_type="image/png")
+
+    def _viewable_case(self, request: HttpRequest, object_id: str) -> Case:
+        case = self.get_object(request, unquote(object_id))
+        if case is None:
+            raise Http404(f"no case with id {object_id!r}")
+        if not self.has_view_permission(request, case):
+            raise PermissionDenied
+        return case
+
+    def _result_file(
+        self, request: HttpRequest, object_id: str, file_pk: int
+    ) -> tuple[Case, ResultFile]:
+        case = self._viewable_case(request, object_id)
+        found = ResultFile.objects.select_related("run").filter(pk=file_pk, run__case=case)
+        result_file = found.first()
+        if result_file is None:
+            raise Http404(f"no result file {file_pk} for case {case.case_id}")
+        return case, result_file
 
     def get_fieldsets(self, request: HttpRequest, obj: Case | None = None):
         """Only what says something about this case: no Failure section without a failure,
@@ -554,6 +653,8 @@ class CaseAdmin(OperatorActionsAdmin):
             "case_events": events,
             "case_runs": provenance.case_runs(case),
             "folder": provenance.folder_state(case),
+            "doses": results.dose_views(case, case.current_run),
+            "qa": case.qa_result,
         }
 
     # -- columns ---------------------------------------------------------------------
@@ -561,6 +662,29 @@ class CaseAdmin(OperatorActionsAdmin):
     @admin.display(description="Status", ordering="status")
     def status_badge(self, case: Case) -> SafeString:
         return status_badge(case.status, case.get_status_display())
+
+    @admin.display(description="QA", ordering="qa_verdict")
+    def qa_badge(self, case: Case) -> SafeString | str:
+        return qa_badge(case)
+
+    @admin.display(description="Dose")
+    def dose_thumbnail(self, case: Case) -> SafeString | str:
+        """The axial slice of the current run's dose, drawn when the browser asks for it."""
+        run = case.current_run
+        dose = next(
+            (f for f in (run.result_files.all() if run else ()) if f.path.lower().endswith(".dcm")),
+            None,
+        )
+        if dose is None:
+            return "—"
+        url = reverse("admin:cases_case_dose_picture", args=[case.pk, dose.pk, "thumbnail"])
+        return format_html(
+            '<img class="mqi-dose-thumbnail" src="{}" alt="" loading="lazy" width="{}" '
+            'height="{}">',
+            url,
+            80,
+            30,
+        )
 
     @admin.display(description="Progress", ordering="progress")
     def progress_bar(self, case: Case) -> SafeString:

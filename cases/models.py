@@ -16,6 +16,7 @@ from cases.statuses import (  # re-exported: Case.Status, WorkflowStep.Status
     IN_FLIGHT_STEP_STATUSES,
     TERMINAL_CASE_STATUSES,
     CaseStatus,
+    QAVerdict,
     StepStatus,
 )
 
@@ -40,6 +41,7 @@ class CaseQuerySet(models.QuerySet):
 
 class Case(models.Model):
     Status = CaseStatus
+    QAVerdict = QAVerdict
 
     TERMINAL = TERMINAL_CASE_STATUSES
     ACTIVE = ACTIVE_CASE_STATUSES
@@ -73,6 +75,10 @@ class Case(models.Model):
     host = models.CharField(max_length=64, blank=True)
     error_kind = models.CharField(max_length=20, blank=True)
     error_message = models.TextField(blank=True)
+    # The gamma verdict of the current run's evaluate step (QAResult); "" until it has one.
+    qa_verdict = models.CharField(
+        "QA", max_length=16, choices=QAVerdict.choices, blank=True, default="", db_index=True
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -104,6 +110,10 @@ class Case(models.Model):
                 condition=Q(progress__gte=0, progress__lte=100),
                 name="cases_case_progress_0_100",
             ),
+            models.CheckConstraint(
+                condition=Q(qa_verdict__in=QAVerdict.values),
+                name="cases_case_qa_verdict_valid",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -133,6 +143,21 @@ class Case(models.Model):
         if self.first_dispatched_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.first_dispatched_at
+
+    @property
+    def qa_result(self) -> QAResult | None:
+        """The gamma analysis of the current run (the newest, if it was evaluated twice)."""
+        if self.current_run_id is None:
+            return None
+        results = QAResult.objects.filter(run_id=self.current_run_id).prefetch_related("criteria")
+        return results.order_by("-pk").first()
+
+    def qa_said(self) -> str:
+        """The QA verdict in words, with the pass rates: for the CLI and the mail."""
+        result = self.qa_result
+        if result is not None:
+            return result.describe()
+        return "not evaluated" + ("" if self.is_terminal else " yet")
 
     @property
     def gpus(self) -> list:
@@ -296,6 +321,77 @@ class WorkflowStep(models.Model):
         if self.dispatched_at and self.finished_at:
             return self.finished_at - self.dispatched_at
         return None
+
+
+class QAResult(models.Model):
+    """The gamma analysis an evaluate step run made of its run's results.
+
+    Written by the evaluate worker (a measurement, not a decision); the conductor copies
+    the verdict to ``Case.qa_verdict`` when the step run succeeds.  ``reference_files``
+    are the planning system's doses (case folder), ``evaluated_files`` MOQUI's (results
+    folder), each ``{"path", "sha256"}`` as read.
+    """
+
+    Verdict = QAVerdict
+
+    run = models.ForeignKey(CaseRun, on_delete=models.CASCADE, related_name="qa_results")
+    step_run = models.OneToOneField(
+        WorkflowStep, on_delete=models.CASCADE, related_name="qa_result"
+    )
+    verdict = models.CharField(max_length=16, choices=QAVerdict.choices)
+    note = models.TextField(blank=True, help_text="Why it was not evaluated, in words.")
+    pass_rate_pct = models.FloatField(null=True, blank=True, help_text="The threshold.")
+    low_dose_cutoff_pct = models.FloatField(null=True, blank=True)
+    normalisation_gy = models.FloatField(null=True, blank=True)
+    reference_files = models.JSONField(default=list, blank=True)
+    evaluated_files = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(verdict__in=[v for v in QAVerdict.values if v]),
+                name="cases_qaresult_verdict_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run} {self.get_verdict_display()}"
+
+    def describe(self) -> str:
+        """One line for the history, the CLI and the mail."""
+        if self.verdict == QAVerdict.NOT_EVALUATED:
+            return f"not evaluated: {self.note}"
+        rates = ", ".join(criterion.describe() for criterion in self.criteria.all())
+        return f"{self.get_verdict_display()} (pass rate >= {self.pass_rate_pct:g}%): {rates}"
+
+
+class QACriterion(models.Model):
+    """One gamma criterion's pass rate, and its gamma map as drawn (PNG)."""
+
+    result = models.ForeignKey(QAResult, on_delete=models.CASCADE, related_name="criteria")
+    dose_pct = models.FloatField()
+    distance_mm = models.FloatField()
+    pass_rate_pct = models.FloatField()
+    points_evaluated = models.PositiveIntegerField()
+    points_passed = models.PositiveIntegerField()
+    points_outside = models.PositiveIntegerField(help_text="Outside MOQUI's grid: failed.")
+    passed = models.BooleanField()
+    gamma_png = models.BinaryField(blank=True, editable=False)
+
+    class Meta:
+        ordering = ["result", "id"]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        return f"{self.dose_pct:g}%/{self.distance_mm:g}mm"
+
+    def describe(self) -> str:
+        return f"gamma {self.label} {self.pass_rate_pct:.1f}%"
 
 
 class CaseEvent(models.Model):

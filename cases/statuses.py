@@ -39,3 +39,12 @@ ACTIVE_STEP_STATUSES = (
 IN_FLIGHT_STEP_STATUSES = (StepStatus.DISPATCHED, StepStatus.RUNNING)
 ACTIVE_CASE_STATUSES = (CaseStatus.NEW, CaseStatus.PENDING_RESOURCE, CaseStatus.PROCESSING)
 TERMINAL_CASE_STATUSES = (CaseStatus.COMPLETED, CaseStatus.FAILED, CaseStatus.CANCELLED)
+
+
+class QAVerdict(TextChoices):
+    """The gamma verdict of a case's current run ("" while it has none)."""
+
+    NONE = "", "no verdict yet"
+    PASSED = "PASSED", "QA passed"
+    FAILED = "FAILED", "QA failed"
+    NOT_EVALUATED = "NOT_EVALUATED", "not evaluated"

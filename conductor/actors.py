@@ -96,6 +96,8 @@ HANDLERS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     Command.RESULTS_DOWNLOAD_COMPLETED: _step_succeeded,
     Command.EXECUTION_FAILED: _step_failed,
     Command.FILE_TRANSFER_FAILED: _step_failed,
+    Command.EVALUATION_COMPLETED: _step_succeeded,
+    Command.EVALUATION_FAILED: _step_failed,
     Command.RECONCILE: _reconcile,
     Command.HOST_UNREACHABLE: _host_unreachable,
     Command.HOST_REACHABLE: _host_reachable,

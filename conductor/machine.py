@@ -280,7 +280,14 @@ def status_of(active: Sequence[str]) -> str:
     return CaseStatus.PROCESSING
 
 
+# Step types that run on this side, on the downloaded results: they need no GPU (under
+# either policy) and no GPU server.
+LOCAL_STEP_TYPES = frozenset({"evaluate"})
+
+
 def needs_gpu(spec: StepSpec, policy: str) -> bool:
+    if spec.type in LOCAL_STEP_TYPES:
+        return False
     return policy == "every_step" or spec.type == "execute"
 
 
@@ -486,13 +493,18 @@ def _host_back(state: CaseState) -> Plan:
 
 
 def _host_gone(state: CaseState, event: HostGone) -> Plan:
-    if state.terminal:
+    if state.terminal or _only_here(state):
         return Plan()
     message = (
         f"GPU server {state.host} has been unreachable since {event.since}, longer than its "
         f"hosts.{state.host}.max_outage_sec ({event.limit_sec:g} s); last error: {event.reason}"
     )
     return _end(state, CaseStatus.FAILED, ErrorKind.UNREACHABLE, message, Note("failed", message))
+
+
+def _only_here(state: CaseState) -> bool:
+    """Every active step run runs on this side (an evaluation): no outage can hold it up."""
+    return bool(state.active) and all(run.type in LOCAL_STEP_TYPES for run in state.active)
 
 
 def _movable(state: CaseState) -> bool:

@@ -1,4 +1,5 @@
-"""Mail to the configured addresses when a case fails (and optionally completes).
+"""Mail to the configured addresses when a case fails or fails its QA (and optionally
+when it completes); every mail says the case's QA verdict.
 
 At most one mail per event: the event row is claimed (``notified_at``) before sending, and
 released again if the mail server refuses, so a retry can send it.
@@ -13,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from cases.models import CaseEvent
+from cases.statuses import QAVerdict
 from mqi_site.config import get_config
 from mqi_site.times import format_time
 
@@ -21,8 +23,12 @@ log = logging.getLogger(__name__)
 
 def wants_notification(kind: str) -> bool:
     settings = get_config().notifications
+    # A failed QA is always mailed; with on_complete the "completed" mail says it instead,
+    # so a case's end is one mail either way.
     return bool(settings.email_to) and (
-        kind == "failed" or (kind == "completed" and settings.on_complete)
+        kind == "failed"
+        or (kind == "completed" and settings.on_complete)
+        or (kind == "qa_failed" and not settings.on_complete)
     )
 
 
@@ -41,7 +47,9 @@ def notify_case_event(event_pk: int) -> bool:
     link = settings.admin_base_url.rstrip("/") + reverse("admin:cases_case_change", args=[case.pk])
     step = event.step_run.name if event.step_run else case.workflow_step
     reason = case.error_message or event.message
-    if step:
+    if case.qa_verdict == QAVerdict.FAILED:
+        subject = f"[MQI] case {case.case_id} {case.status.lower()}, QA FAILED"
+    elif step:
         subject = f"[MQI] case {case.case_id} {case.status.lower()} at {step}"
     else:
         # it never reached a step: the folder itself was found wanting, say how
@@ -49,6 +57,7 @@ def notify_case_event(event_pk: int) -> bool:
     body = (
         f"Case:    {case.case_id}\n"
         f"Status:  {case.get_status_display()}\n"
+        f"QA:      {case.qa_said()}\n"
         f"Step:    {step or 'none (the case folder was checked before any step)'}\n"
         f"Reason:  {reason}\n"
         f"Kind:    {case.error_kind or '-'}\n"

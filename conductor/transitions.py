@@ -25,7 +25,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from cases.identity import PlanIdentity
-from cases.models import Case, CaseEvent, CaseRun, ResultFile, WorkflowStep
+from cases.models import Case, CaseEvent, CaseRun, QAResult, ResultFile, WorkflowStep
 from conductor import machine, notifications
 from conductor.machine import Refused
 from conductor.render import render_command
@@ -123,6 +123,7 @@ def step_run_succeeded(*, step_run_id: int, command: str, outcome: dict[str, Any
         _record_outcome(run, outcome)
         _record_transfer(case, run, outcome)
         log.info("case %s: step done: %s", case.case_id, run)  # before the next one starts
+        _record_verdict(case, run)
         _decide_and_apply(case, machine.Succeeded(_view(run)), config)
     return True
 
@@ -574,7 +575,7 @@ def _dispatch(
         case.save(update_fields=["first_dispatched_at", "updated_at"])
     run.host = case.host
     run.gpu = gpu
-    if gpu is None and not host_is_up(case.host):
+    if gpu is None and run.type not in machine.LOCAL_STEP_TYPES and not host_is_up(case.host):
         # bound to a server that is down: it waits, and goes on when the server is back
         run.status = WorkflowStep.Status.WAITING_HOST
         run.save(update_fields=["host", "gpu", "status"])
@@ -620,6 +621,7 @@ def _new_run(case: Case, reason: str) -> CaseRun:
     run = CaseRun.objects.create(case=case, number=last + 1, reason=reason[:255])
     case.current_run = run
     case.host = ""
+    case.qa_verdict = Case.QAVerdict.NONE  # the new run's results are not evaluated yet
     return run
 
 
@@ -652,6 +654,20 @@ def _record_transfer(case: Case, step_run: WorkflowStep, outcome: dict[str, Any]
         ResultFile.objects.bulk_create(
             ResultFile(run=run, path=f["path"], size=f["size"], sha256=f["sha256"]) for f in files
         )
+
+
+def _record_verdict(case: Case, step_run: WorkflowStep) -> None:
+    """An evaluate step run's QA verdict (its worker stored the QAResult) becomes the
+    case's, when it is about the case's current run; a failed QA is mailed."""
+    result = QAResult.objects.filter(step_run=step_run).first()
+    if result is None or step_run.run_id != case.current_run_id:
+        return
+    case.qa_verdict = result.verdict
+    kind = {
+        QAResult.Verdict.PASSED: "qa_passed",
+        QAResult.Verdict.FAILED: "qa_failed",
+    }.get(result.verdict, "qa_not_evaluated")
+    _note(case, machine.Note(kind, result.describe(), step_run.pk))
 
 
 def _record_folder(case: Case, facts: FolderFacts) -> None:

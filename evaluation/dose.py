@@ -121,6 +121,21 @@ def read_dose(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_VOX
     return dose_from_dataset(dataset, source=name, max_voxels=max_voxels)
 
 
+def is_rt_dose(path: str | os.PathLike[str]) -> bool:
+    """Whether the file is an RT Dose, from its header only; ``DoseFileError`` when it is
+    not readable DICOM at all."""
+    name = Path(path).name
+    try:
+        header = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"]
+        )
+    except InvalidDicomError:
+        raise DoseFileError(f"{name} is not a DICOM file") from None
+    except (OSError, EOFError, ValueError) as exc:
+        raise DoseFileError(f"{name} cannot be read as DICOM ({exc})") from None
+    return header.get("Modality") == "RTDOSE" or header.get("SOPClassUID") == RTDoseStorage
+
+
 def dose_from_dataset(
     dataset: pydicom.Dataset, *, source: str = "", max_voxels: int = DEFAULT_MAX_VOXELS
 ) -> DoseGrid:

@@ -203,6 +203,25 @@ class NotificationSection(_Section):
     admin_base_url: str = "http://localhost:8000"
 
 
+class EvaluationSection(_Section):
+    """The gamma analysis of ``evaluate`` steps: MOQUI's dose against the planning system's."""
+
+    # (dose %, distance mm) pairs; the verdict needs every one to reach pass_rate_pct
+    criteria: Annotated[
+        list[tuple[Annotated[float, Field(gt=0, le=100)], Annotated[float, Field(gt=0, le=50)]]],
+        Field(min_length=1),
+    ] = [(3.0, 2.0), (2.0, 2.0)]
+    # global: the dose difference and the cut-off are percentages of the reference's maximum
+    # (local normalisation is not offered: pymedphys's local gamma needs other cut-offs)
+    normalisation: Literal["global"] = "global"
+    low_dose_cutoff_pct: float = Field(10, ge=0, lt=100)
+    pass_rate_pct: float = Field(95, gt=0, le=100)
+    # where the planning system's RT Dose is looked for among the case folder's files
+    tps_dose_globs: list[str] = ["*.dcm"]
+    # the search stops once gamma is known to exceed this; above 1, pass rates are exact
+    max_gamma: float = Field(2, gt=1, le=10)
+
+
 class Config(_Section):
     conductor: ConductorSection
     workflows: dict[str, Annotated[list[StepSpec], Field(min_length=1)]]
@@ -213,6 +232,7 @@ class Config(_Section):
     gpus: GPUSection = GPUSection()
     retries: RetrySection = RetrySection()
     notifications: NotificationSection = NotificationSection()
+    evaluation: EvaluationSection = EvaluationSection()
     source: str = ""
 
     def step(self, workflow: str, name: str) -> StepSpec:

@@ -21,6 +21,7 @@ FILE_TRANSFER = "file_transfer"
 SCANNER = "case_scanner"
 GPU_DISCOVERY = "gpu_discovery"
 NOTIFIER = "notifier"
+EVALUATOR = "evaluator"
 
 QUEUES = {
     CONDUCTOR: "conductor_queue",
@@ -29,6 +30,9 @@ QUEUES = {
     SCANNER: "scanner_queue",
     GPU_DISCOVERY: "scanner_queue",
     NOTIFIER: "notifications_queue",
+    # its own queue: a gamma analysis takes a CPU for seconds to minutes, and must not
+    # hold up transfers or the polls of running simulations
+    EVALUATOR: "evaluation_queue",
 }
 
 
@@ -42,6 +46,8 @@ class Command:
     EXECUTION_FAILED = "execution_failed"
     RESULTS_DOWNLOAD_COMPLETED = "results_download_completed"
     FILE_TRANSFER_FAILED = "file_transfer_failed"
+    EVALUATION_COMPLETED = "evaluation_completed"
+    EVALUATION_FAILED = "evaluation_failed"
     RECONCILE = "reconcile"  # periodic trigger
     HOST_UNREACHABLE = "host_unreachable"  # from GPU discovery and the host probe
     HOST_REACHABLE = "host_reachable"
@@ -56,6 +62,8 @@ class Command:
     EXECUTE_COMMAND = "execute_command"
     POLL_COMMAND = "poll_command"
     CANCEL_COMMAND = "cancel_command"
+    # -> evaluator
+    EVALUATE_RESULTS = "evaluate_results"
     # -> notifier
     NOTIFY = "notify"
 
@@ -90,6 +98,12 @@ STEP_ROUTES: dict[str, Route] = {
         Command.DOWNLOAD_RESULTS,
         Command.RESULTS_DOWNLOAD_COMPLETED,
         Command.FILE_TRANSFER_FAILED,
+    ),
+    "evaluate": Route(
+        EVALUATOR,
+        Command.EVALUATE_RESULTS,
+        Command.EVALUATION_COMPLETED,
+        Command.EVALUATION_FAILED,
     ),
 }
 

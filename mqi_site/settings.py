@@ -94,6 +94,18 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Dose pictures drawn for the pages (cases/results.py): files under the data directory,
+# at most MAX_ENTRIES of them (Django culls the oldest third beyond that).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "pictures": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": DATA_DIR / "picture-cache",
+        "TIMEOUT": None,
+        "OPTIONS": {"MAX_ENTRIES": 3000},
+    },
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

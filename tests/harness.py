@@ -5,7 +5,7 @@ group on this machine:
 
 - ``conductor``: ``manage.py rundramatiq -Q conductor_queue notifications_queue``
 - ``workers``: ``manage.py rundramatiq -Q file_transfer_queue remote_executor_queue
-  scanner_queue``
+  scanner_queue evaluation_queue``
 - ``scheduler``: ``manage.py runscheduler``
 
 on a real PostgreSQL database and a real Redis, with one or more real ``sshd`` as the GPU
@@ -58,7 +58,13 @@ STOP_TIMEOUT_SEC = 30.0
 
 ROLES: dict[str, list[str]] = {
     "conductor": ["-Q", "conductor_queue", "notifications_queue"],
-    "workers": ["-Q", "file_transfer_queue", "remote_executor_queue", "scanner_queue"],
+    "workers": [
+        "-Q",
+        "file_transfer_queue",
+        "remote_executor_queue",
+        "scanner_queue",
+        "evaluation_queue",
+    ],
 }
 
 

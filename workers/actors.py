@@ -1,11 +1,13 @@
-"""Worker actors: ``file_transfer``, ``remote_executor``, ``case_scanner``, ``gpu_discovery``.
+"""Worker actors: ``file_transfer``, ``remote_executor``, ``evaluator``, ``case_scanner``,
+``gpu_discovery``.
 
-Thin callers of :mod:`workers.transfer`, :mod:`workers.executor`, the scanner and GPU
-discovery.  At this boundary a database error propagates (Dramatiq retries with backoff:
-the database may be restarting), as does the executor's ``RetryFollowing`` (a command it
-could not confirm stopped keeps its step and GPU).  Any other unexpected error is logged
-with its traceback and reported to the conductor as a failure of the step run, so it ends
-as a visible state with a reason instead of a traceback in a log only.
+Thin callers of :mod:`workers.transfer`, :mod:`workers.executor`, :mod:`workers.evaluate`,
+the scanner and GPU discovery.  At this boundary a database error propagates (Dramatiq
+retries with backoff: the database may be restarting), as does the executor's
+``RetryFollowing`` (a command it could not confirm stopped keeps its step and GPU).  Any
+other unexpected error is logged with its traceback and reported to the conductor as a
+failure of the step run, so it ends as a visible state with a reason instead of a
+traceback in a log only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.db import DatabaseError, InterfaceError
 from mqi_site.config import get_config
 from mqi_site.messaging import (
     CONDUCTOR,
+    EVALUATOR,
     FILE_TRANSFER,
     GPU_DISCOVERY,
     QUEUES,
@@ -84,6 +87,17 @@ def remote_executor(command: str, payload: dict[str, Any]) -> None:
         executor.handle,
         retried=(executor.RetryFollowing,),
     )
+
+
+# A gamma analysis of a large grid can take many minutes: Dramatiq's default limit of 10
+# would interrupt it (the step run's own heartbeats keep the reconciler away meanwhile).
+@dramatiq.actor(
+    actor_name=EVALUATOR, queue_name=QUEUES[EVALUATOR], time_limit=3 * 3600 * 1000, **RETRIES
+)
+def evaluator(command: str, payload: dict[str, Any]) -> None:
+    from workers import evaluate
+
+    _guarded(EVALUATOR, Command.EVALUATION_FAILED, command, payload, evaluate.handle)
 
 
 @dramatiq.actor(actor_name=SCANNER, queue_name=QUEUES[SCANNER], max_retries=0, time_limit=300_000)

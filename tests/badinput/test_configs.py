@@ -112,8 +112,8 @@ CORPUS = [
     BadConfig(
         "an unknown step type",
         edited(step(0, type="uplod")),
-        "workflows.default_qa[0].type: unknown step type 'uplod' (known: download, execute, "
-        "upload)",
+        "workflows.default_qa[0].type: unknown step type 'uplod' (known: download, evaluate, "
+        "execute, upload)",
     ),
     BadConfig(
         "a step name that is not an identifier",

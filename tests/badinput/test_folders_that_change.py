@@ -126,6 +126,9 @@ def test_a_folder_deleted_after_its_upload_completes_from_the_uploaded_copy(site
     assert case.status == Case.Status.COMPLETED, case.error_message
     assert (site.results("QA-gone-later") / "RTDOSE.dcm").is_file()
     assert site.starts("QA-gone-later", "interpreter") == 1
+    # the planning system's dose went with the folder: nothing to compare with, and it says so
+    assert case.qa_verdict == Case.QAVerdict.NOT_EVALUATED
+    assert case.qa_said().startswith("not evaluated: no TPS dose in the case folder (")
 
 
 def test_the_uploaded_copy_deleted_before_the_interpreter_works_fails_the_case(site, workers):

@@ -23,6 +23,7 @@ from tests.conductor.helpers import (
     register_sample,
     succeed,
 )
+from tests.qa_cases import evaluated_case, results_dir
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,6 +167,15 @@ def test_case_status_shows_one_case_timeline(gpus, stub_broker):
     assert "status    Failed" in out
     assert "run_interpreter" in out and "[permanent] a broke" in out
     assert "created" in out and "failed" in out
+
+
+def test_case_status_prints_the_results_folder_and_the_qa_verdict(gpus, stub_broker):
+    case = evaluated_case("qa", stub_broker, factor=1.1)
+
+    out, _ = run("case_status", "qa")
+
+    assert f"results   {results_dir(case)}   (run 1)" in out
+    assert "QA        QA failed (pass rate >= 95%): gamma 3%/2mm " in out
 
 
 def test_case_status_summary_counts_every_status(gpus, stub_broker):

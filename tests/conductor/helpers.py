@@ -90,12 +90,15 @@ def register(case_id: str, problems: Sequence[str] = (), **kwargs: Any) -> Case:
     return case
 
 
-def register_sample(case_id: str, **switches: str) -> Case:
+def register_sample(case_id: str, *, without: Sequence[str] = (), **switches: str) -> Case:
     """A case registered from a real sample folder in the configured watch directory, as
-    the scanner would (so that a retry can check the folder again)."""
+    the scanner would (so that a retry can check the folder again); ``without``: files
+    taken out of the sample first."""
     from tests.workers.conftest import make_case
 
     folder = make_case(Path(get_config().scanner.watch_dir), case_id, switches=switches)
+    for name in without:
+        (folder / name).unlink()
     check = check_case_folder(folder, get_config().scanner, now=time.time())
     assert check.verdict.state == FolderState.READY_VALID, check.verdict.reasons
     found = folder_facts(check)

@@ -27,13 +27,16 @@ THREADS = 8
 CASES = 120
 GPUS = 4
 
-# One statement, so one snapshot (every_step, no step fans out): a PROCESSING case whose
-# step runs hold no GPU or a waiting or finished case whose runs hold one, a case holding
-# two GPUs, a GPU held by a step run that ended, a case with two active step runs.
+# One statement, so one snapshot (every_step, no step fans out): a PROCESSING case not yet at
+# its evaluation (which needs no GPU) whose step runs hold no GPU, or a waiting, evaluating
+# or finished case whose runs hold one, a case holding two GPUs, a GPU held by a step run
+# that ended, a case with two active step runs.
 VIOLATIONS_SQL = """
 SELECT
   (SELECT count(*) FROM cases_case c
-     WHERE (c.status = 'PROCESSING') <> EXISTS (
+     WHERE (c.status = 'PROCESSING' AND NOT EXISTS (
+       SELECT 1 FROM cases_workflowstep e WHERE e.case_id = c.id AND e.type = 'evaluate'
+       AND e.status IN ('PENDING', 'DISPATCHED', 'RUNNING'))) <> EXISTS (
        SELECT 1 FROM gpus_gpuresource g JOIN cases_workflowstep r ON g.step_run_id = r.id
        WHERE r.case_id = c.id)),
   (SELECT count(*) FROM (SELECT r.case_id FROM gpus_gpuresource g
@@ -71,7 +74,7 @@ def test_many_threads_never_double_book_a_gpu(stub_broker, use_config):
     make_gpus(GPUS)
     work_queues = [
         stub_broker.queues[name]
-        for actor in ("file_transfer", "remote_executor")
+        for actor in ("file_transfer", "remote_executor", "evaluator")
         for name in (QUEUES[actor], f"{QUEUES[actor]}.DQ")
     ]
     errors: list[BaseException] = []
@@ -112,6 +115,7 @@ def test_many_threads_never_double_book_a_gpu(stub_broker, use_config):
                     Command.UPLOAD_CASE,
                     Command.EXECUTE_COMMAND,
                     Command.DOWNLOAD_RESULTS,
+                    Command.EVALUATE_RESULTS,
                 )
                 run = WorkflowStep.objects.select_related("case").get(pk=payload["step_run_id"])
                 reply, outcome = outcome_for(run)

@@ -185,6 +185,37 @@ def test_the_last_step_done_completes_the_case_and_frees_its_gpu():
     )
 
 
+EVALUATE = StepSpec(name="evaluate", type="evaluate", progress=95)
+
+
+@pytest.mark.parametrize("policy", ["every_step", "execute_steps"])
+def test_the_evaluation_after_the_download_takes_no_gpu_and_frees_the_one_held(policy):
+    run, state = running(DOWNLOAD, gpu=GPU if policy == "every_step" else None)
+    state = replace(state, steps=(*QA, EVALUATE), policy=policy)
+    expect(
+        decide(state, Succeeded(run)),
+        step="evaluate",
+        start=[("evaluate", 1, 0, False, None, 0)],
+        finish=[(1, "SUCCEEDED", "")],
+        release=[1] if policy == "every_step" else [],
+    )
+
+
+@pytest.mark.parametrize("policy", ["every_step", "execute_steps"])
+def test_an_evaluation_retried_after_a_transient_error_takes_no_gpu(policy):
+    run, state = running(EVALUATE, gpu=None)
+    state = replace(state, steps=(*QA, EVALUATE), policy=policy)
+    plan = decide(state, Failed(run, "transient", "database restarting"))
+    assert [(start.step.name, start.gpu) for start in plan.start] == [("evaluate", False)]
+
+
+def test_a_long_outage_of_its_server_does_not_fail_a_case_being_evaluated_here():
+    _, state = running(EVALUATE, gpu=None)
+    state = replace(state, steps=(*QA, EVALUATE), host_up=False, executed=True)
+
+    expect(decide(state, HostGone("2026-11-30T01:00:00+00:00", 3600, "refused")))
+
+
 def test_a_beam_done_while_other_beams_run_only_frees_its_gpu():
     beam1 = StepRun(1, "simulate", "execute", beam=1, gpu=7)
     beam2 = StepRun(2, "simulate", "execute", beam=2, gpu=8)

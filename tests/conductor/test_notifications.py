@@ -15,6 +15,7 @@ from tests.conductor.helpers import (
     succeed,
 )
 from tests.conftest import drain
+from tests.qa_cases import evaluated_case
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,3 +88,48 @@ def test_a_mail_about_an_invalid_folder_says_what_was_wrong(stub_broker, mail_to
     assert "RP.plan.dcm is not a DICOM file" in mail.subject
     assert "RP.plan.dcm is not a DICOM file" in mail.body
     assert "Status:  Failed" in mail.body
+
+
+def test_a_case_that_fails_its_qa_completes_and_mails_qa_failed_with_the_rates(
+    stub_broker, mail_to, mailoutbox
+):
+    make_gpus(1)
+
+    case = evaluated_case("case-qa", stub_broker, factor=1.1)
+
+    assert (case.status, case.qa_verdict) == ("COMPLETED", "FAILED")
+    assert deliver_notifications(stub_broker) == 1
+    (mail,) = mailoutbox
+    assert mail.subject == "[MQI] case case-qa completed, QA FAILED"
+    assert "QA:      QA failed (pass rate >= 95%): gamma 3%/2mm " in mail.body
+
+
+def test_with_mails_on_completion_a_failed_qa_is_one_mail_that_says_so(
+    stub_broker, use_config, mailoutbox
+):
+    use_config(
+        lambda raw: raw.update(notifications={"email_to": ["qa@x.example"], "on_complete": True})
+    )
+    make_gpus(1)
+
+    evaluated_case("case-qa", stub_broker, factor=1.1)
+
+    assert deliver_notifications(stub_broker) == 1
+    (mail,) = mailoutbox
+    assert mail.subject == "[MQI] case case-qa completed, QA FAILED"
+
+
+def test_a_case_that_passes_its_qa_mails_nobody_and_its_completion_mail_says_so(
+    stub_broker, use_config, mailoutbox
+):
+    use_config(
+        lambda raw: raw.update(notifications={"email_to": ["qa@x.example"], "on_complete": True})
+    )
+    make_gpus(1)
+
+    evaluated_case("case-ok", stub_broker)
+
+    assert deliver_notifications(stub_broker) == 1
+    (mail,) = mailoutbox
+    assert mail.subject == "[MQI] case case-ok completed at evaluate_dose"
+    assert "QA:      QA passed (pass rate >= 95%): gamma 3%/2mm 100.0%" in mail.body

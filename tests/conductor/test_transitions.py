@@ -13,6 +13,7 @@ from tests.conductor.helpers import (
     active_run,
     fail,
     held_gpu,
+    holder,
     make_gpus,
     register,
     retry,
@@ -23,7 +24,13 @@ from tests.conftest import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-STEPS = ["upload_case_files", "run_interpreter", "run_moqui_sim", "download_results"]
+STEPS = [
+    "upload_case_files",
+    "run_interpreter",
+    "run_moqui_sim",
+    "download_results",
+    "evaluate_dose",
+]
 # the completing case: lock, lock its run, finish it, end the case, release its GPU, write
 # the "completed" event; the waiting case: lock it, reserve the GPU, move it, insert its run
 
@@ -70,8 +77,10 @@ def test_case_goes_through_every_step_in_order_and_completes(stub_broker):
     while (run := active_run(case)) is not None:
         case.refresh_from_db()
         seen.append((run.name, case.progress))
-        # every_step: each step is dispatched with the one GPU the case holds throughout
-        assert (run.gpu, held_gpu(case)) == (gpu, gpu)
+        # every_step: each step on the GPU server is dispatched with the one GPU the case
+        # holds throughout; the evaluation, here, on the downloaded results, needs none
+        on_server = run.type != "evaluate"
+        assert (run.gpu, held_gpu(case)) == ((gpu, gpu) if on_server else (None, None))
         succeed(run)
 
     case.refresh_from_db()
@@ -80,6 +89,7 @@ def test_case_goes_through_every_step_in_order_and_completes(stub_broker):
         ("run_interpreter", 30),
         ("run_moqui_sim", 70),
         ("download_results", 90),
+        ("evaluate_dose", 95),
     ]
     assert case.status == Case.Status.COMPLETED
     assert case.progress == 100
@@ -423,6 +433,7 @@ def test_a_run_records_its_manifest_and_its_result_files(stub_broker):
     files = [{"path": "RTDOSE.dcm", "size": 5264, "sha256": "2" * 64}]
 
     succeed(active_run(case), files=files)
+    succeed(active_run(case))  # the evaluation
 
     case.refresh_from_db()
     run = case.current_run
@@ -554,3 +565,25 @@ def test_maintenance_on_a_reserved_gpu_drains_it(stub_broker):
     run_to_completion(case)
     gpu.refresh_from_db()
     assert gpu.status == GPUResource.Status.MAINTENANCE
+
+
+@pytest.mark.parametrize("policy", ["every_step", "execute_steps"])
+def test_the_evaluation_is_sent_to_its_worker_without_a_gpu_while_others_wait(
+    stub_broker, use_config, policy
+):
+    use_config(lambda raw: raw["conductor"].update(gpu_policy=policy))
+    (gpu,) = make_gpus(1)
+    case = register("case-1")
+    for _ in range(4):
+        succeed(active_run(case))
+    other = register("other")  # takes the GPU the download freed (or waits for none)
+
+    run = active_run(case)
+    assert (run.name, run.status, run.gpu) == ("evaluate_dose", "DISPATCHED", None)
+    assert holder(gpu) != case
+    (message,) = drain(stub_broker, QUEUES["evaluator"])
+    assert list(message.args) == [
+        Command.EVALUATE_RESULTS,
+        {"case_id": "case-1", "step_run_id": run.pk},
+    ]
+    assert Case.objects.get(pk=other.pk).status == Case.Status.PROCESSING

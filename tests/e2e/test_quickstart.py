@@ -25,7 +25,7 @@ def test_readme_quick_start_is_exactly_run_and_test():
 
 
 @pytest.mark.slow
-def test_the_demo_processes_sample_cases_to_rt_dose():
+def test_the_demo_processes_sample_cases_to_rt_dose_and_a_qa_verdict():
     command = readme_quickstart_commands()[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL"))}
     env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -41,6 +41,15 @@ def test_the_demo_processes_sample_cases_to_rt_dose():
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Completed  case-001" in done.stdout
+    # every valid sample's dose passes its QA; the one delivered with 15 % too many MU on a
+    # beam completes with its QA failed
+    verdicts = dict(re.findall(r"Completed  (\S+)  -> .*\n\s+(QA \w+) ", done.stdout))
+    assert verdicts == {
+        "case-001": "QA passed",
+        "case-002": "QA passed",
+        "case-003": "QA passed",
+        "case-qa-fail": "QA failed",
+    }
     assert (
         "Failed     case-invalid-not-dicom  invalid case folder: RP.plan.dcm is not a DICOM file"
         in done.stdout
@@ -49,7 +58,12 @@ def test_the_demo_processes_sample_cases_to_rt_dose():
     assert f'as user "admin", password: {password}' in done.stdout
     results = REPO_DIR / "var/demo/results"
     doses = sorted(results.glob("case-*/run-1/RTDOSE.dcm"))
-    assert [d.parent.parent.name for d in doses] == ["case-001", "case-002", "case-003"]
+    assert [d.parent.parent.name for d in doses] == [
+        "case-001",
+        "case-002",
+        "case-003",
+        "case-qa-fail",
+    ]
     for dose in doses:
         dataset = pydicom.dcmread(dose)
         assert dataset.Modality == "RTDOSE"

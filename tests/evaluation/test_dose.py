@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from evaluation.dose import DoseFileError, read_dose, summarize_dose
+from evaluation.dose import DoseFileError, is_rt_dose, read_dose, summarize_dose
 from tests.evaluation.grids import FRAME_OF_REFERENCE_UID, PLAN_UID, rt_dose, save
 
 pytestmark = pytest.mark.pure
@@ -144,3 +144,15 @@ def test_it_refuses_a_grid_it_cannot_place(tmp_path: Path, change, message: str)
 
     with pytest.raises(DoseFileError, match=message):
         read_dose(save(dataset, tmp_path / "RD.dcm"))
+
+
+def test_an_rt_dose_is_told_from_its_header_and_other_dicom_is_not_one(tmp_path):
+    dose = save(rt_dose(np.ones((2, 3, 4))), tmp_path / "RD.dcm")
+    plan = Path(get_testdata_file("rtplan.dcm"))
+    report = tmp_path / "RD.report.dcm"
+    report.write_text("%PDF-1.4 not DICOM at all\n")
+
+    assert is_rt_dose(dose)
+    assert not is_rt_dose(plan)
+    with pytest.raises(DoseFileError, match=r"RD\.report\.dcm is not a DICOM file"):
+        is_rt_dose(report)

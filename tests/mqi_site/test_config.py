@@ -30,6 +30,39 @@ def test_shipped_config_is_valid():
         "run_interpreter",
         "run_moqui_sim",
         "download_results",
+        "evaluate_dose",
+    ]
+    assert config.evaluation.criteria == [(3.0, 2.0), (2.0, 2.0)]
+    assert (config.evaluation.low_dose_cutoff_pct, config.evaluation.pass_rate_pct) == (10, 95)
+
+
+def test_gamma_criteria_and_thresholds_out_of_range_are_named(tmp_path):
+    problems = problems_of(
+        tmp_path,
+        lambda raw: raw.update(
+            evaluation={
+                "criteria": [[3, 2], [0, 2], [3]],
+                "normalisation": "local",
+                "low_dose_cutoff_pct": 100,
+                "pass_rate_pct": 0,
+            }
+        ),
+    )
+
+    assert problems == [
+        "evaluation.criteria[1][0]: Input should be greater than 0",
+        "evaluation.criteria[2][1]: required key is missing",
+        "evaluation.normalisation: Input should be 'global'",
+        "evaluation.low_dose_cutoff_pct: Input should be less than 100",
+        "evaluation.pass_rate_pct: Input should be greater than 0",
+    ]
+
+
+def test_no_gamma_criterion_at_all_is_refused(tmp_path):
+    problems = problems_of(tmp_path, lambda raw: raw.update(evaluation={"criteria": []}))
+
+    assert problems == [
+        "evaluation.criteria: List should have at least 1 item after validation, not 0"
     ]
 
 
@@ -51,7 +84,8 @@ def test_unknown_step_type_is_named(tmp_path):
     )
 
     assert problems == [
-        "workflows.default_qa[0].type: unknown step type 'uplod' (known: download, execute, upload)"
+        "workflows.default_qa[0].type: unknown step type 'uplod' "
+        "(known: download, evaluate, execute, upload)"
     ]
 
 
@@ -182,7 +216,7 @@ def test_system_check_reports_each_problem(use_config):
 def test_check_config_command_passes_on_the_shipped_config(capsys):
     call_command("check_config", "--config", str(REPO_DIR / "config.yaml"))
 
-    assert "OK (1 workflow(s), 4 step(s), 1 host(s))" in capsys.readouterr().out
+    assert "OK (1 workflow(s), 5 step(s), 1 host(s))" in capsys.readouterr().out
 
 
 def test_check_config_command_fails_with_the_problems(tmp_path, capsys):

@@ -15,7 +15,15 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 pytestmark = pytest.mark.django_db
 
 # Values for the parts of a route, so that each pattern becomes a URL it matches.
-SAMPLE_VALUES = {"object_id": "1", "content_type_id": "1", "id": "1", "action_name": "cancel"}
+SAMPLE_VALUES = {
+    "object_id": "1",
+    "content_type_id": "1",
+    "id": "1",
+    "action_name": "cancel",
+    "file_pk": "1",
+    "criterion_pk": "1",
+    "size": "dose",
+}
 SAMPLE_REGEX = {
     r"^(?P<app_label>auth|cases|gpus)/$": "cases/",
     r"(?P<url>.*)$": "no-such-page/",

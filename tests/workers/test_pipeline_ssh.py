@@ -56,7 +56,10 @@ def test_a_case_goes_through_every_step_over_ssh(gpu_server, discovered_gpus, wo
         ("run_interpreter", "SUCCEEDED"),
         ("run_moqui_sim", "SUCCEEDED"),
         ("download_results", "SUCCEEDED"),
+        ("evaluate_dose", "SUCCEEDED"),
     ]
+    # the stand-in MOQUI's dose from the delivery logs passes against the TPS dose
+    assert case.qa_verdict == Case.QAVerdict.PASSED, case.qa_said()
     local = gpu_server.results("QA-0001") / "RTDOSE.dcm"
     remote = gpu_server.output("QA-0001") / "RTDOSE.dcm"
     assert sha256(local) == sha256(remote)
@@ -149,6 +152,7 @@ def test_sshd_killed_while_a_command_runs_reattaches_and_runs_it_once(
     # the outage cost no attempt: every step ran once, the waiting step went on by itself
     assert sorted(case.steps.values_list("name", "attempt")) == [
         ("download_results", 1),
+        ("evaluate_dose", 1),
         ("run_interpreter", 1),
         ("run_moqui_sim", 1),
         ("upload_case_files", 1),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
+from cases import provenance
 from cases.models import Case
 from mqi_site.times import format_duration, format_time
 from mqi_site.untrusted_text import printable
@@ -43,6 +44,10 @@ class Command(BaseCommand):
             f"times     found {_time(case.created_at)}, waited {format_duration(case.waited)}, "
             f"ran {format_duration(case.run_time)}, ended {_time(case.finished_at)}"
         )
+        paths = provenance.run_paths(case)
+        run = f"run {case.current_run.number}" if case.current_run else "no run yet"
+        out(f"results   {printable(str(paths.results_dir)) if paths else '-'}   ({run})")
+        out(f"QA        {printable(case.qa_said())}")
         if case.error_message:
             out(f"error     [{case.error_kind}] {printable(case.error_message)}")
         out("")

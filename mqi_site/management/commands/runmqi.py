@@ -138,7 +138,10 @@ class Command(BaseCommand):
                 run = case.current_run
                 where = config.run_paths(case.case_id, run.number, run.host).results_dir
                 label = case.get_status_display()
-                self.stdout.write(self.style.SUCCESS(f"  {label:<9}  {case.case_id}  -> {where}"))
+                # a QA that failed is a completed case, and must stand out as much as a failure
+                style = self.style.ERROR if case.qa_verdict == "FAILED" else self.style.SUCCESS
+                self.stdout.write(style(f"  {label:<9}  {case.case_id}  -> {where}"))
+                self.stdout.write(style(f"             {case.qa_said()}"))
             else:
                 failed += 1
                 reason = case.error_message or case.workflow_step
