@@ -109,7 +109,7 @@ def _measure(client: Client, url: str, repeats: int) -> tuple[list[float], int]:
     return times, max(counts)
 
 
-def admin_scale(ctx: Context) -> Outcome:
+def run(ctx: Context) -> Outcome:
     out = Outcome()
     reset_state()
     use_config(ctx.root / "config-admin.yaml", sample_config(ctx.root))

@@ -156,11 +156,17 @@ def use_config(path: Path, config: dict[str, Any]) -> Path:
 # --- worker processes ------------------------------------------------------------------
 
 
+def production_worker_timeout_ms() -> int:
+    """``dramatiq_worker_timeout`` as ``docker-compose.yml`` sets it (the bench keeps it)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return int(compose["x-mqi"]["environment"]["dramatiq_worker_timeout"])
+
+
 @dataclass
 class Options:
     """What the command line chose."""
 
-    worker_timeout_ms: int = 20
+    worker_timeout_ms: int = field(default_factory=production_worker_timeout_ms)
     quick: bool = False
     only: set[str] = field(default_factory=set)
 
@@ -211,7 +217,7 @@ class Processes:
         *,
         processes: int = 1,
         threads: int = 4,
-        worker_timeout_ms: int = 20,
+        worker_timeout_ms: int | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         argv = [
@@ -225,7 +231,8 @@ class Processes:
             "-Q",
             *queues,
         ]
-        return self.start(name, argv, env or process_env(worker_timeout_ms))
+        timeout = worker_timeout_ms or production_worker_timeout_ms()
+        return self.start(name, argv, env or process_env(timeout))
 
     def stop(self, process: subprocess.Popen, timeout: float = 20) -> None:
         if process.poll() is None:
@@ -260,13 +267,6 @@ def cpu_seconds(group: int) -> float:
         if int(fields[2]) == group:
             total += int(fields[11]) + int(fields[12])
     return total / ticks
-
-
-def idle_cpu_percent(process: subprocess.Popen, seconds: float = 10) -> float:
-    """Share of one core that ``process`` and its children use while nothing arrives."""
-    before, start = cpu_seconds(process.pid), time.monotonic()
-    time.sleep(seconds)
-    return 100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - start)
 
 
 def wait_for_consumers(count: int, *, timeout: float = 60, exclude: Iterable[str] = ()) -> None:
