@@ -138,7 +138,7 @@ def _markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _merged(results: Results, machine: dict[str, str]) -> dict:
+def merged_results(results: Results, machine: dict[str, str]) -> dict:
     """The stored results with this run's benchmarks replaced, in the registry's order."""
     from bench.registry import BENCHMARKS
 
@@ -184,7 +184,7 @@ def _header(machine: dict[str, str], benchmarks: dict) -> list[str]:
 
 
 def write_results(results: Results, machine: dict[str, str]) -> Path:
-    stored = _merged(results, machine)
+    stored = merged_results(results, machine)
     STORE.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
     benchmarks = stored["benchmarks"]
     rows = [Row(**row) for b in benchmarks.values() for row in b["rows"]]
