@@ -10,14 +10,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-import dramatiq
 from django.utils import timezone
 from dramatiq import Message
 
 from bench.infra import queue_key, redis_client
 from cases.models import Case, WorkflowStep
 from gpus.models import GPUResource
-from mqi_site.messaging import CONDUCTOR, QUEUES
 
 STEP_TYPES = {
     "upload_case_files": "upload",
@@ -142,15 +140,3 @@ def bulk_enqueue(queue: str, actor: str, payloads: list[tuple[str, dict]]) -> No
         if len(pipe) >= 2000:
             pipe.execute()
     pipe.execute()
-
-
-def outcome_messages(cases: list[InFlight], command: str) -> list[tuple[str, dict]]:
-    return [(command, {"case_id": c.case_id, "step_run_id": c.run_id}) for c in cases]
-
-
-def conductor_queue() -> str:
-    return QUEUES[CONDUCTOR]
-
-
-def broker() -> dramatiq.Broker:
-    return dramatiq.get_broker()

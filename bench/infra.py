@@ -9,14 +9,13 @@ their own process group and stopped by that group's id.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,14 +128,6 @@ def sample_config(root: Path, **changes: Any) -> dict[str, Any]:
         else:
             config[section] = value
     return config
-
-
-def ssh_host(server: Any, gpus: int = 4) -> dict[str, Any]:
-    """A ``hosts`` entry for a :class:`tests.sshd.SSHServer`."""
-    return server.host_config(
-        gpu_discovery="static",
-        static_gpus=[{"index": i, "uuid": f"GPU-{i}"} for i in range(gpus)],
-    )
 
 
 def use_config(path: Path, config: dict[str, Any]) -> Path:
@@ -361,31 +352,6 @@ class Outcome:
 
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def wait_until(
-    check: Callable[[], bool], *, timeout: float, interval: float = 0.005, what: str = ""
-) -> float:
-    """Poll ``check`` until true; returns the monotonic time it became true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what or check}")
-        time.sleep(interval)
-
-
-def dump_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[Callable[[], float]]:
-    start = time.perf_counter()
-    end: list[float] = []
-    yield lambda: (end[0] if end else time.perf_counter()) - start
-    end.append(time.perf_counter())
 
 
 class Context:

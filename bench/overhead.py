@@ -33,7 +33,7 @@ PARTS = {
     "transfer dispatched → a transfer worker takes it (message hop)": "to worker",
     "execute dispatched → its command started (message hop, SSH start)": "to command",
     "command ended → outcome recorded (poll wait, poll, hop back)": "command to outcome",
-    "  of which the poll back-off schedule alone": "poll schedule",
+    "  (for comparison: the back-off schedule, every poll on time)": "poll schedule",
     "transfer steps beyond their raw time (hop back, checks, manifest)": "transfer extra",
     "outcome recorded → next step dispatched": "between steps",
     "download recorded → case completed": "completion",
@@ -130,8 +130,9 @@ def run(ctx: Context) -> Outcome:
         "`download_tree` of its outputs, timed alone in the bench process on a warm SSH "
         "connection (SHA-256 and renames included: that is the transfer's own work). The "
         "parts below come from the step runs' `dispatched_at` / `started_at` / "
-        "`finished_at`; 'the poll back-off schedule alone' is how late the executor's polls "
+        "`finished_at`; the comparison row is how late the executor's polls "
         f"({FIRST_POLL_MS} ms, doubling, at most {MAX_POLL_MS} ms) see a command of that "
-        "length end, if every delayed poll message were taken on time."
+        "length end if every delayed poll message were taken on time (they are not: each "
+        "is taken up to a worker timeout late, which shifts the later polls)."
     )
     return Outcome(rows, [note])
