@@ -69,7 +69,7 @@ def _drain(
     return end - (start or end), cpu_seconds(group) - cpu
 
 
-def _take_commands() -> list[tuple[str, dict]]:
+def take_commands() -> list[tuple[str, dict]]:
     """Every command the conductor enqueued to the workers, as their success outcomes."""
     client = redis_client()
     outcomes = []
@@ -84,7 +84,7 @@ def _take_commands() -> list[tuple[str, dict]]:
     return outcomes
 
 
-def _found(count: int) -> list[tuple[str, dict]]:
+def found_messages(count: int) -> list[tuple[str, dict]]:
     return [
         (
             Command.NEW_CASE_FOUND,
@@ -105,11 +105,11 @@ def _conductor(ctx: Context, processes: int, count: int) -> tuple[float, float]:
     wall = cpu = 0.0
     try:
         wait_for_consumers(processes, exclude=[own_broker_id()])
-        messages = _found(count)
+        messages = found_messages(count)
         while messages:
             phase_wall, phase_cpu = _drain(QUEUES[CONDUCTOR], conductor.pid, messages, CONDUCTOR)
             wall, cpu = wall + phase_wall, cpu + phase_cpu
-            messages = _take_commands()
+            messages = take_commands()
     finally:
         ctx.processes.stop(conductor)
     completed = Case.objects.filter(status=Case.Status.COMPLETED).count()
