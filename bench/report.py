@@ -57,7 +57,8 @@ def _commit() -> str:
     status = subprocess.run(
         ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO, check=False
     ).stdout  # not stripped: each line starts with its two status columns
-    changed = [line[3:] for line in status.splitlines() if line]
+    outputs = {"bench/RESULTS.md", "bench/results.json"}  # what this very run rewrites
+    changed = [line[3:] for line in status.splitlines() if line and line[3:] not in outputs]
     if changed:
         shown = ", ".join(changed[:12]) + (" …" if len(changed) > 12 else "")
         return f"{commit} + {len(changed)} uncommitted path(s): {shown}"
@@ -149,6 +150,7 @@ def merged_results(results: Results, machine: dict[str, str]) -> dict:
             "notes": outcome.notes if outcome is not None else [],
             "date": machine["date"],
             "commit": machine["commit"],
+            "load": f"{machine['load_start']} → {machine.get('load_end', '?')}",
         }
     stored["benchmarks"] = {
         name: stored["benchmarks"][name] for name in BENCHMARKS if name in stored["benchmarks"]
@@ -166,7 +168,11 @@ def _kept() -> str:
 
 
 def _header(machine: dict[str, str], benchmarks: dict) -> list[str]:
-    when = sorted({f"{b['date']} at {b['commit']}" for b in benchmarks.values()})
+    runs: dict[str, list[str]] = {}
+    for name, b in benchmarks.items():
+        run = f"{b['date']} at {b['commit']}, load average {b.get('load', '?')}"
+        runs.setdefault(run, []).append(name)
+    when = [f"{', '.join(names)}: {run}" for run, names in runs.items()]
     return [
         "| | |",
         "|---|---|",
