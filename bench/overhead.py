@@ -119,7 +119,8 @@ def run(ctx: Context) -> Outcome:
     note = (
         f"Overhead: {count} sample cases (RTPLAN + machine logs), one at a time, through "
         "the production shape (`tests/harness.py` `ProductionSystem`: `rundramatiq` conductor "
-        f"and workers processes with {system.THREADS} worker threads, `runscheduler`, the "
+        f"and workers processes, the workers with {system.THREADS} threads as in production, the "
+        "conductor with the harness's 2 (production: 4), `runscheduler`, the "
         "production `dramatiq_worker_timeout`), a real sshd as the GPU server (2 GPUs), the "
         "stand-in interpreter and MOQUI simulation told to sleep first (seeded, "
         f"{INTERPRETER_SEC[0]:g}-{INTERPRETER_SEC[1]:g} s and {MOQUI_SEC[0]:g}-"
