@@ -1,8 +1,9 @@
 """``python -m bench``: every benchmark, a table on stdout, the figures in bench/RESULTS.md.
 
-Use ``bench/run`` (it installs and starts what is needed first).  ``--only hop,admin`` runs
-some benchmarks (and writes RESULTS.md only with ``--write``); ``--quick`` takes fewer
-samples, for trying the bench itself.
+Use ``bench/run`` (it installs and starts what is needed first).  ``--only overhead,idle``
+runs some benchmarks (and, with ``--write``, merges their rows into RESULTS.md, keeping the
+others); ``--quick`` takes fewer samples, for trying the bench itself.  The benchmarks are
+listed in ``bench/registry.py``.
 """
 
 from __future__ import annotations
@@ -20,19 +21,7 @@ from pathlib import Path
 import yaml
 
 from bench import infra
-
-# name -> (module, function); in the order they run
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "hop": ("bench.conductor", "hop_latency"),
-    "throughput": ("bench.conductor", "throughput"),
-    "handoff": ("bench.conductor", "gpu_handoff"),
-    "transfers": ("bench.transfers", "transfers"),
-    "scanner": ("bench.scanner", "scanner"),
-    "step_overhead": ("bench.steps", "step_overhead"),
-    "utilization": ("bench.utilization", "gpu_utilization"),
-    "fan_out": ("bench.fan_out", "fan_out"),
-    "admin": ("bench.admin_scale", "admin_scale"),
-}
+from bench.registry import BENCHMARKS
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
@@ -40,12 +29,6 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="fewer samples (not for RESULTS.md)")
     parser.add_argument("--write", action="store_true", help="write RESULTS.md after --only")
-    parser.add_argument(
-        "--worker-timeout-ms",
-        type=int,
-        default=20,
-        help="dramatiq_worker_timeout of the worker processes (default 20, as in production)",
-    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     return parser.parse_args(argv)
 
@@ -76,7 +59,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    options = infra.Options(worker_timeout_ms=args.worker_timeout_ms, quick=args.quick, only=only)
+    options = infra.Options(quick=args.quick, only=only)
     root = Path(tempfile.mkdtemp(prefix="mqi-bench-"))
     from bench import report
 
@@ -88,13 +71,13 @@ def main(argv: list[str]) -> int:
     try:
         _setup_django(root)
         machine["software"] = report.software_versions()
-        for name, (module, function) in BENCHMARKS.items():
+        for name, module in BENCHMARKS.items():
             if only and name not in only:
                 continue
             print(f"== {name}", file=sys.stderr, flush=True)
             begun = time.monotonic()
             try:
-                outcome = getattr(importlib.import_module(module), function)(context)
+                outcome = importlib.import_module(module).run(context)
                 results.append((name, outcome, ""))
             except Exception as exc:  # noqa: BLE001 (one broken benchmark must not hide the rest)
                 traceback.print_exc()
@@ -115,9 +98,10 @@ def main(argv: list[str]) -> int:
     machine["duration"] = f"{time.monotonic() - started:.0f} s"
     machine["load_end"] = report.load_average()
     machine["options"] = " ".join(argv) or "(defaults)"
+    machine["worker_timeout_ms"] = str(options.worker_timeout_ms)
     print(report.table(results))
     if (not only and not args.quick) or args.write:
-        path = report.write_results(results, machine, options)
+        path = report.write_results(results, machine)
         print(f"\nwritten: {path}")
     failed = [name for name, outcome, _ in results if outcome is None]
     return 1 if failed else 0

@@ -38,11 +38,21 @@ PAGES = {
 }
 
 _INSERT = """
-INSERT INTO cases_case (case_id, source_path, workflow, status, workflow_step, progress,
+INSERT INTO cases_case (case_id, source_path, patient_id, patient_name, plan_label,
+                        treatment_machine, beam_count, beams, manifest, log_check,
+                        workflow, status, workflow_step, progress,
                         priority, host, error_kind, error_message, created_at, updated_at,
                         finished_at)
 SELECT 'QA-' || lpad(i::text, 6, '0'),
        '/data/incoming/QA-' || lpad(i::text, 6, '0'),
+       'P' || lpad((i %% 9973)::text, 5, '0'),
+       'PATIENT^' || (i %% 9973)::text,
+       'PLAN' || (i %% 7)::text,
+       'G' || (i %% 3)::text,
+       2,
+       '[{"number": 1, "name": "B1"}, {"number": 2, "name": "B2"}]',
+       '[]',
+       'ok',
        'default_qa',
        s.status,
        CASE WHEN s.status IN ('COMPLETED', 'FAILED') THEN 'download_results'
@@ -69,14 +79,22 @@ LATERAL (SELECT CASE
 def _insert_cases(first: int, last: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, {"first": first, "last": last, "total": TOTAL})
-        # the running cases hold GPUs, shown in the list through the one-to-one join
+        # the running cases' simulations hold GPUs, shown in the list through the step run
         cursor.execute(
-            "INSERT INTO gpus_gpuresource (host, index, uuid, name, status, reserved_by_id, "
+            "INSERT INTO cases_workflowstep (case_id, name, type, beam_number, beam_name, "
+            "attempt, status, host, command, created_at, dispatched_at, started_at, "
+            "stdout_tail, stderr_tail, error_kind, error_message) "
+            "SELECT id, 'run_moqui_sim', 'execute', 0, '', 1, 'RUNNING', 'gpu1', '', now(), "
+            "now(), now(), '', '', '', '' FROM cases_case WHERE status = 'PROCESSING' "
+            "AND NOT EXISTS (SELECT 1 FROM cases_workflowstep s WHERE s.case_id = cases_case.id)"
+        )
+        cursor.execute(
+            "INSERT INTO gpus_gpuresource (host, index, uuid, name, status, step_run_id, "
             "reserved_at, drain_requested, foreign_processes) "
-            "SELECT 'gpu1', row_number() OVER () - 1, '', 'A100', 'RESERVED', id, now(), "
-            "false, 0 FROM cases_case WHERE status = 'PROCESSING' "
-            "AND id NOT IN (SELECT reserved_by_id FROM gpus_gpuresource "
-            "WHERE reserved_by_id IS NOT NULL)"
+            "SELECT 'gpu1', row_number() OVER () - 1, '', 'A100', 'RESERVED', s.id, now(), "
+            "false, 0 FROM cases_workflowstep s WHERE s.status = 'RUNNING' "
+            "AND s.id NOT IN (SELECT step_run_id FROM gpus_gpuresource "
+            "WHERE step_run_id IS NOT NULL)"
         )
         cursor.execute("ANALYZE cases_case")
         cursor.execute("ANALYZE gpus_gpuresource")
@@ -109,7 +127,7 @@ def _measure(client: Client, url: str, repeats: int) -> tuple[list[float], int]:
     return times, max(counts)
 
 
-def admin_scale(ctx: Context) -> Outcome:
+def run(ctx: Context) -> Outcome:
     out = Outcome()
     reset_state()
     use_config(ctx.root / "config-admin.yaml", sample_config(ctx.root))

@@ -9,14 +9,13 @@ their own process group and stopped by that group's id.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,14 +130,6 @@ def sample_config(root: Path, **changes: Any) -> dict[str, Any]:
     return config
 
 
-def ssh_host(server: Any, gpus: int = 4) -> dict[str, Any]:
-    """A ``hosts`` entry for a :class:`tests.sshd.SSHServer`."""
-    return server.host_config(
-        gpu_discovery="static",
-        static_gpus=[{"index": i, "uuid": f"GPU-{i}"} for i in range(gpus)],
-    )
-
-
 def use_config(path: Path, config: dict[str, Any]) -> Path:
     """Write ``config`` to ``path`` and make it this process's active configuration."""
     from django.conf import settings
@@ -156,11 +147,17 @@ def use_config(path: Path, config: dict[str, Any]) -> Path:
 # --- worker processes ------------------------------------------------------------------
 
 
+def production_worker_timeout_ms() -> int:
+    """``dramatiq_worker_timeout`` as ``docker-compose.yml`` sets it (the bench keeps it)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return int(compose["x-mqi"]["environment"]["dramatiq_worker_timeout"])
+
+
 @dataclass
 class Options:
     """What the command line chose."""
 
-    worker_timeout_ms: int = 20
+    worker_timeout_ms: int = field(default_factory=production_worker_timeout_ms)
     quick: bool = False
     only: set[str] = field(default_factory=set)
 
@@ -211,7 +208,7 @@ class Processes:
         *,
         processes: int = 1,
         threads: int = 4,
-        worker_timeout_ms: int = 20,
+        worker_timeout_ms: int | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         argv = [
@@ -225,7 +222,8 @@ class Processes:
             "-Q",
             *queues,
         ]
-        return self.start(name, argv, env or process_env(worker_timeout_ms))
+        timeout = worker_timeout_ms or production_worker_timeout_ms()
+        return self.start(name, argv, env or process_env(timeout))
 
     def stop(self, process: subprocess.Popen, timeout: float = 20) -> None:
         if process.poll() is None:
@@ -260,13 +258,6 @@ def cpu_seconds(group: int) -> float:
         if int(fields[2]) == group:
             total += int(fields[11]) + int(fields[12])
     return total / ticks
-
-
-def idle_cpu_percent(process: subprocess.Popen, seconds: float = 10) -> float:
-    """Share of one core that ``process`` and its children use while nothing arrives."""
-    before, start = cpu_seconds(process.pid), time.monotonic()
-    time.sleep(seconds)
-    return 100 * (cpu_seconds(process.pid) - before) / (time.monotonic() - start)
 
 
 def wait_for_consumers(count: int, *, timeout: float = 60, exclude: Iterable[str] = ()) -> None:
@@ -361,31 +352,6 @@ class Outcome:
 
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def wait_until(
-    check: Callable[[], bool], *, timeout: float, interval: float = 0.005, what: str = ""
-) -> float:
-    """Poll ``check`` until true; returns the monotonic time it became true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what or check}")
-        time.sleep(interval)
-
-
-def dump_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[Callable[[], float]]:
-    start = time.perf_counter()
-    end: list[float] = []
-    yield lambda: (end[0] if end else time.perf_counter()) - start
-    end.append(time.perf_counter())
 
 
 class Context:

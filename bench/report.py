@@ -1,12 +1,16 @@
-"""The results table (stdout) and bench/RESULTS.md.
+"""The results table (stdout), bench/results.json and bench/RESULTS.md.
 
-RESULTS.md is rewritten down to the line ``KEEP_MARKER``; what follows it (the analysis of
-the misses, written by hand) is kept across runs.
+``results.json`` holds, per benchmark, its rows, how it measured them and when: a run of
+some benchmarks (``--only a,b --write``) replaces theirs and keeps the others, and
+RESULTS.md is rendered from the whole file.  RESULTS.md is rewritten down to the line
+``KEEP_MARKER``; what follows it (the analysis of the misses, written by hand) is kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -15,9 +19,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from bench.infra import REDIS_URL, REPO, Options, Outcome, Row
+from bench.infra import REDIS_URL, REPO, Outcome, Row
 
 RESULTS = REPO / "bench" / "RESULTS.md"
+STORE = REPO / "bench" / "results.json"
 KEEP_MARKER = "<!-- Everything below this line is kept when bench/run rewrites this file. -->"
 
 
@@ -52,7 +57,8 @@ def _commit() -> str:
     status = subprocess.run(
         ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO, check=False
     ).stdout  # not stripped: each line starts with its two status columns
-    changed = [line[3:] for line in status.splitlines() if line]
+    outputs = {"bench/RESULTS.md", "bench/results.json"}  # what this very run rewrites
+    changed = [line[3:] for line in status.splitlines() if line and line[3:] not in outputs]
     if changed:
         shown = ", ".join(changed[:12]) + (" …" if len(changed) > 12 else "")
         return f"{commit} + {len(changed)} uncommitted path(s): {shown}"
@@ -90,7 +96,10 @@ def machine_facts() -> dict[str, str]:
     }
 
 
-def _rows(results: list[tuple[str, Outcome | None, str]]) -> list[Row]:
+Results = list[tuple[str, Outcome | None, str]]
+
+
+def _rows(results: Results) -> list[Row]:
     rows: list[Row] = []
     for name, outcome, error in results:
         if outcome is None:
@@ -100,7 +109,7 @@ def _rows(results: list[tuple[str, Outcome | None, str]]) -> list[Row]:
     return rows
 
 
-def table(results: list[tuple[str, Outcome | None, str]]) -> str:
+def table(results: Results) -> str:
     rows = _rows(results)
     header = ("benchmark", "metric", "value", "unit", "target", "result", "detail")
     cells = [header] + [
@@ -109,11 +118,8 @@ def table(results: list[tuple[str, Outcome | None, str]]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(header) - 1)]
     lines = []
     for number, line in enumerate(cells):
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
-            + "  "
-            + line[-1]
-        )
+        padded = "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
+        lines.append(padded + "  " + line[-1])
         if number == 0:
             lines.append("  ".join("-" * width for width in widths) + "  ------")
     return "\n".join(lines)
@@ -133,34 +139,69 @@ def _markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_results(
-    results: list[tuple[str, Outcome | None, str]], machine: dict[str, str], options: Options
-) -> Path:
-    kept = ""
+def merged_results(results: Results, machine: dict[str, str]) -> dict:
+    """The stored results with this run's benchmarks replaced, in the registry's order."""
+    from bench.registry import BENCHMARKS
+
+    stored = json.loads(STORE.read_text()) if STORE.exists() else {"benchmarks": {}}
+    for name, outcome, _ in results:
+        stored["benchmarks"][name] = {
+            "rows": [dataclasses.asdict(row) for row in _rows([(name, outcome, _)])],
+            "notes": outcome.notes if outcome is not None else [],
+            "date": machine["date"],
+            "commit": machine["commit"],
+            "load": f"{machine['load_start']} → {machine.get('load_end', '?')}",
+        }
+    stored["benchmarks"] = {
+        name: stored["benchmarks"][name] for name in BENCHMARKS if name in stored["benchmarks"]
+    }
+    stored["machine"] = machine
+    return stored
+
+
+def _kept() -> str:
     if RESULTS.exists():
         text = RESULTS.read_text()
         if KEEP_MARKER in text:
-            kept = text[text.index(KEEP_MARKER) + len(KEEP_MARKER) :].lstrip("\n")
-    notes = [note for _, outcome, _ in results if outcome is not None for note in outcome.notes]
-    rows = _rows(results)
-    missed = [f"{r.benchmark}: {r.metric}" for r in rows if r.ok is False]
-    body = [
-        "# Benchmark results",
-        "",
-        "Written by `bench/run` (do not edit above the marker line; the next run rewrites it).",
-        "",
+            return text[text.index(KEEP_MARKER) + len(KEEP_MARKER) :].lstrip("\n")
+    return ""
+
+
+def _header(machine: dict[str, str], benchmarks: dict) -> list[str]:
+    runs: dict[str, list[str]] = {}
+    for name, b in benchmarks.items():
+        run = f"{b['date']} at {b['commit']}, load average {b.get('load', '?')}"
+        runs.setdefault(run, []).append(name)
+    when = [f"{', '.join(names)}: {run}" for run, names in runs.items()]
+    return [
         "| | |",
         "|---|---|",
-        f"| date | {machine['date']} |",
+        f"| date (last write) | {machine['date']} |",
         f"| machine | {machine['machine']} |",
         f"| commit | {machine['commit']} |",
         f"| software | {machine.get('software', '?')} |",
         f"| load average (1/5/15 min) | start {machine['load_start']}, end "
-        f"{machine.get('load_end', '?')} — other engineers' test runs share this machine, so "
-        "figures are medians and percentiles over repeated runs |",
-        f"| run | `bench/run {machine.get('options', '')}`, "
-        f"`dramatiq_worker_timeout={options.worker_timeout_ms}` ms, took "
+        f"{machine.get('load_end', '?')} — other engineers' test runs share this machine |",
+        f"| run | `bench/run {machine.get('options', '')}`, production "
+        f"`dramatiq_worker_timeout` ({machine.get('worker_timeout_ms', '?')} ms), took "
         f"{machine.get('duration', '?')} |",
+        f"| rows measured | {'; '.join(when)} |",
+    ]
+
+
+def write_results(results: Results, machine: dict[str, str]) -> Path:
+    stored = merged_results(results, machine)
+    STORE.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+    benchmarks = stored["benchmarks"]
+    rows = [Row(**row) for b in benchmarks.values() for row in b["rows"]]
+    missed = [f"{r.benchmark}: {r.metric}" for r in rows if r.ok is False]
+    body = [
+        "# Benchmark results",
+        "",
+        "Written by `bench/run` from `bench/results.json` (do not edit above the marker "
+        "line; the next run rewrites it).",
+        "",
+        *_header(machine, benchmarks),
         "",
         "## Figures",
         "",
@@ -170,11 +211,11 @@ def write_results(
         "",
         "## How each figure is measured",
         "",
-        *[f"- {note}" for note in notes],
+        *[f"- {note}" for b in benchmarks.values() for note in b["notes"]],
         "",
         KEEP_MARKER,
         "",
-        kept or "## What limits the misses\n\n(not written yet)\n",
+        _kept() or "## What limits the missed targets\n\n(not written yet)\n",
     ]
     RESULTS.write_text("\n".join(body).rstrip("\n") + "\n")
     return RESULTS

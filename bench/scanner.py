@@ -131,7 +131,7 @@ def _marker_latency(ctx: Context, watch_dir: Path, template: Path, samples: int)
     return times
 
 
-def scanner(ctx: Context) -> Outcome:
+def run(ctx: Context) -> Outcome:
     out = Outcome()
     reset_state()
     work = ctx.root / "scanner"

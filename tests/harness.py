@@ -483,6 +483,10 @@ class ProductionSystem:
         self.stop()
         self.db.close()
 
+    def process_groups(self) -> dict[str, int]:
+        """Role -> process group id of each running role (a role's leader leads its group)."""
+        return {role: p.pid for role, p in self._processes.items() if p.poll() is None}
+
     def dead_processes(self) -> list[str]:
         return [
             role

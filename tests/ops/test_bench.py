@@ -1,20 +1,27 @@
-"""The benchmark command is not run by the suite (bench/run, ~8 min); its parts must load."""
+"""The benchmark command is not run by the suite (bench/run, ~10 min); its parts must load,
+and a partial run must keep the other benchmarks' figures."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from bench.__main__ import BENCHMARKS
+import pytest
+
+from bench import report
+from bench.infra import Outcome, Row
+from bench.registry import BENCHMARKS
 
 REPO = Path(__file__).resolve().parents[2]
+MACHINE = {"date": "2026-11-30 02:00 UTC", "commit": "abc1234", "machine": "vm", "load_start": "0"}
 
 
-def test_every_benchmark_names_a_function_that_exists():
-    for name, (module, function) in BENCHMARKS.items():
-        assert callable(getattr(importlib.import_module(module), function)), name
+def test_every_benchmark_is_a_module_with_a_run_function():
+    for name, module in BENCHMARKS.items():
+        assert callable(importlib.import_module(module).run), name
 
 
 def test_the_bench_command_explains_itself_and_refuses_unknown_names():
@@ -30,3 +37,20 @@ def test_the_bench_command_explains_itself_and_refuses_unknown_names():
 
     assert help_text.returncode == 0 and "--only" in help_text.stdout
     assert unknown.returncode == 2 and "unknown benchmark(s): nonsense" in unknown.stderr
+
+
+@pytest.mark.pure
+def test_a_partial_run_replaces_its_own_rows_and_keeps_the_others(tmp_path, monkeypatch):
+    store = tmp_path / "results.json"
+    old_idle = {"rows": [{"benchmark": "idle", "metric": "cpu", "value": 3.0, "unit": "%"}]}
+    old_overhead = {"rows": [{"benchmark": "overhead", "metric": "p50", "value": 4.0}]}
+    store.write_text(json.dumps({"benchmarks": {"idle": old_idle, "overhead": old_overhead}}))
+    monkeypatch.setattr(report, "STORE", store)
+
+    outcome = Outcome([Row("idle", "cpu", 1.5, "%", "≤ 2", True)], ["how"])
+    merged = report.merged_results([("idle", outcome, "")], MACHINE)
+
+    assert list(merged["benchmarks"]) == ["overhead", "idle"]  # the registry's order
+    assert merged["benchmarks"]["overhead"] == old_overhead
+    assert merged["benchmarks"]["idle"]["rows"][0]["value"] == 1.5
+    assert merged["benchmarks"]["idle"]["notes"] == ["how"]

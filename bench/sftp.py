@@ -1,4 +1,4 @@
-"""Upload and download over SFTP, against OpenSSH's ``sftp -b``: one big file, and many
+"""MQI's SFTP upload and download against OpenSSH's ``sftp -b``: one big file, and many
 small ones (each small file costs a few round trips).
 
 Both clients talk to the same sshd on loopback, in the same run, alternating which goes
@@ -26,7 +26,7 @@ from workers.transports import SSHTransport
 from workers.transports.ssh import close_thread_connections
 from workers.transports.transfer import download_tree, upload_tree
 
-BIG_BYTES = 500 * 1000 * 1000
+BIG_BYTES = 200 * 1000 * 1000
 SMALL_FILES = 2000
 SMALL_FOLDERS = 10
 
@@ -99,7 +99,7 @@ def _same_tree(a: Path, b: Path) -> bool:
     return listing(a) == listing(b)
 
 
-def transfers(ctx: Context) -> Outcome:
+def run(ctx: Context) -> Outcome:
     out = Outcome()
     big = BIG_BYTES if not ctx.options.quick else BIG_BYTES // 5
     work = ctx.root / "transfers"
@@ -120,7 +120,7 @@ def transfers(ctx: Context) -> Outcome:
     close_thread_connections()
     shutil.rmtree(work)
     out.notes.append(
-        f"Transfers: one {big // 10**6} MB file, and {SMALL_FILES:,} files of 1-32 KiB in "
+        f"SFTP: one {big // 10**6} MB file, and {SMALL_FILES:,} files of 1-32 KiB in "
         f"{SMALL_FOLDERS} sub-folders, each uploaded and downloaded {repeats}x by each client, "
         "alternating which goes first. MQI: `upload_tree` / `download_tree` over its cached "
         "paramiko connection (temporary names, SHA-256 of every byte on both sides, link "
@@ -170,20 +170,20 @@ def _rows(name: str, total: int, times: dict[str, list[float]]) -> list[Row]:
         ours, theirs = median(times[f"mqi {direction}"]), median(times[f"ssh {direction}"])
         rows += [
             Row(
-                "transfers",
+                "sftp",
                 f"{word} {name}, MQI (SFTP + SHA-256 both sides)",
                 total / 1e6 / ours,
                 "MB/s",
                 detail=f"median {ours:.2f} s of {_shown(times[f'mqi {direction}'])}",
             ),
             Row(
-                "transfers",
+                "sftp",
                 f"{word} {name}, OpenSSH sftp -b (reference)",
                 total / 1e6 / theirs,
                 "MB/s",
                 detail=f"median {theirs:.2f} s of {_shown(times[f'ssh {direction}'])}",
             ),
-            Row("transfers", f"{word} {name} speed, MQI / OpenSSH", theirs / ours, "x"),
+            Row("sftp", f"{word} {name} speed, MQI / OpenSSH", theirs / ours, "x"),
         ]
     return rows
 
