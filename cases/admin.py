@@ -475,7 +475,6 @@ class CaseAdmin(OperatorActionsAdmin):
         "patient",
         "plan",
         "status_badge",
-        "qa_badge",
         "dose_thumbnail",
         "progress_bar",
         "gpu",
@@ -661,7 +660,12 @@ class CaseAdmin(OperatorActionsAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, case: Case) -> SafeString:
-        return status_badge(case.status, case.get_status_display())
+        """The status, and under it for a completed case its QA verdict: one column, so
+        that the list fits beside its filters at 1280 px."""
+        status = status_badge(case.status, case.get_status_display())
+        if case.status != Case.Status.COMPLETED:
+            return status
+        return format_html('{}<span class="mqi-qa-line">{}</span>', status, qa_badge(case))
 
     @admin.display(description="QA", ordering="qa_verdict")
     def qa_badge(self, case: Case) -> SafeString | str:

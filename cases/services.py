@@ -27,6 +27,12 @@ def step_run_is_active(step_run_id: int) -> bool:
     return _active(step_run_id).exists()
 
 
+def active_step_run(step_run_id: int, *related: str) -> WorkflowStep | None:
+    """The step run with ``related`` rows joined while it is dispatched or running; None
+    once it has ended (a worker's message about it is then stale: cancelled, superseded)."""
+    return _active(step_run_id).select_related(*related).first()
+
+
 def step_run_mark_running(*, step_run_id: int, deadline_sec: float) -> datetime | None:
     """The worker has begun (or re-attached to) the step; None if it is no longer wanted.
 

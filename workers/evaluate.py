@@ -37,7 +37,12 @@ from django.db import DatabaseError, connection, transaction
 from cases import provenance
 from cases.models import Case, CaseRun, QACriterion, QAResult, WorkflowStep
 from cases.results import ResultFileError, confined_path, dose_result_files, open_confined
-from cases.services import step_run_claim, step_run_heartbeat
+from cases.services import (
+    active_step_run,
+    step_run_claim,
+    step_run_heartbeat,
+    step_run_is_active,
+)
 from evaluation.dose import DoseFileError, DoseGrid, is_rt_dose, read_dose
 from evaluation.gamma import GammaError, GammaResult, gamma_analysis, sum_doses
 from evaluation.picture import gamma_picture
@@ -58,11 +63,7 @@ class EvaluationError(Exception):
 def handle(command: str, payload: dict[str, Any]) -> None:
     if command != Command.EVALUATE_RESULTS:
         raise ValueError(f"unknown evaluator command {command!r}")
-    row = (
-        WorkflowStep.objects.select_related("case", "run")
-        .filter(pk=payload["step_run_id"], status__in=WorkflowStep.ACTIVE)
-        .first()
-    )
+    row = active_step_run(payload["step_run_id"], "case", "run")
     if row is None:
         return  # cancelled or superseded
     config = get_config()
@@ -144,7 +145,7 @@ def qa_result_record(*, step_run: WorkflowStep, evaluation: Evaluation) -> bool:
     False when the step run is no longer active."""
     pictures = _gamma_pictures(evaluation)
     with transaction.atomic():
-        if not WorkflowStep.objects.filter(pk=step_run.pk, status__in=WorkflowStep.ACTIVE).exists():
+        if not step_run_is_active(step_run.pk):
             return False
         QAResult.objects.filter(step_run=step_run).delete()
         gamma = evaluation.gamma

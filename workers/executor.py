@@ -27,7 +27,12 @@ from dramatiq.errors import BrokerError
 from redis.exceptions import RedisError
 
 from cases.models import WorkflowStep
-from cases.services import step_run_heartbeat, step_run_keep_output, step_run_mark_running
+from cases.services import (
+    active_step_run,
+    step_run_heartbeat,
+    step_run_keep_output,
+    step_run_mark_running,
+)
 from mqi_site.config import Config, StepSpec, get_config
 from mqi_site.messaging import CONDUCTOR, REMOTE_EXECUTOR, Command, ErrorKind, send
 from workers.hosts import ensure_remote_dir, host_environment, transport_for
@@ -88,11 +93,7 @@ def remote_run_dir(case_dir: str, step_name: str, step_run_id: int) -> str:
 
 
 def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
-    run = (
-        WorkflowStep.objects.select_related("case", "gpu", "run")
-        .filter(pk=step_run_id, status__in=WorkflowStep.ACTIVE)
-        .first()
-    )
+    run = active_step_run(step_run_id, "case", "gpu", "run")
     if run is None:
         return None
     case = run.case

@@ -17,7 +17,7 @@ from typing import Any
 from cases import manifest as manifests
 from cases.folder import folder_link_problem
 from cases.models import Case, WorkflowStep
-from cases.services import step_run_claim, step_run_heartbeat
+from cases.services import active_step_run, step_run_claim, step_run_heartbeat
 from mqi_site.config import RunPaths, get_config
 from mqi_site.messaging import CONDUCTOR, Command, ErrorKind, send
 from workers.hosts import ensure_remote_dir, transport_for
@@ -60,11 +60,7 @@ class FolderChanged(Exception):
 
 
 def handle(command: str, payload: dict[str, Any]) -> None:
-    row = (
-        WorkflowStep.objects.select_related("case", "run")
-        .filter(pk=payload["step_run_id"], status__in=WorkflowStep.ACTIVE)
-        .first()
-    )
+    row = active_step_run(payload["step_run_id"], "case", "run")
     if row is None:
         return  # cancelled or superseded
     config = get_config()

@@ -12,7 +12,12 @@ from django.urls import reverse
 from cases.models import Case
 from conductor.transitions import advance_waiting
 from tests.admin.helpers import completed_case
-from tests.conductor.helpers import active_run, make_gpus, register, register_sample, succeed
+from tests.conductor.helpers import (
+    make_gpus,
+    register,
+    register_sample,
+    run_to_completion,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,9 +53,8 @@ def test_duration_counts_from_the_first_dispatch_and_the_wait_is_shown_apart(ope
     with time_machine.travel("2026-11-29 18:08:49Z", tick=False):
         make_gpus(1)
         advance_waiting()
-    for _ in range(4):
-        with time_machine.travel("2026-11-29 18:08:51Z", tick=False):
-            succeed(active_run(case))
+    with time_machine.travel("2026-11-29 18:08:51Z", tick=False):
+        run_to_completion(case)
 
     case.refresh_from_db()
     html = case_page(operator_client, case)

@@ -141,12 +141,8 @@ def test_a_physicist_reads_the_verdicts_in_the_list(page, live_server, passed, s
     page.goto(f"{live_server.url}/admin/cases/case/")
 
     rows = page.locator("#result_list tbody tr")
-    expect(rows.filter(has_text=passed.case_id).locator(".field-qa_badge")).to_have_text(
-        "QA passed"
-    )
-    expect(rows.filter(has_text=failed.case_id).locator(".field-qa_badge")).to_have_text(
-        "QA failed"
-    )
+    expect(rows.filter(has_text=passed.case_id).locator(".mqi-qa-line")).to_have_text("QA passed")
+    expect(rows.filter(has_text=failed.case_id).locator(".mqi-qa-line")).to_have_text("QA failed")
     expect(rows.locator("img.mqi-dose-thumbnail")).to_have_count(2)
     page.wait_for_function(EVERY_IMAGE_LOADED)
     page.get_by_role("link", name="QA failed").click()  # the filter
