@@ -13,6 +13,10 @@ per case, as measured here, against the clinic's GPU work per case.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 from bench import system
 from bench.infra import Context, Outcome, Row, at_least
 
@@ -41,15 +45,46 @@ def _overlap(intervals: list[tuple[float, float]], windows: list[tuple[float, fl
     )
 
 
-def _figures(cases: list[system.CaseTiming]) -> tuple[float, float, float, int]:
-    """Busy share while waiting, GPU seconds lost per case served, waiting time, handoffs."""
+@dataclass
+class Share:
+    """How the GPUs were used while cases waited for one."""
+
+    gpus: int
+    busy: float  # GPU seconds of commands running while a case waited
+    waited: float  # seconds during which at least one case waited
+    handoffs: int  # step runs that got a GPU after waiting for one
+    served: int  # cases with such a step run
+
+    @property
+    def share(self) -> float:
+        return self.busy / (self.gpus * self.waited)
+
+    @property
+    def lost(self) -> float:
+        """GPU seconds idle while a case waited."""
+        return self.gpus * self.waited - self.busy
+
+
+def measure(cases: list[system.CaseTiming], gpus: int) -> Share:
     steps = [s for c in cases for s in c.steps]
-    waits = _union([(s.created, s.dispatched) for s in steps if s.dispatched - s.created > 0.001])
-    waited = sum(end - start for start, end in waits)
-    busy = _busy_per_gpu(steps, waits)
-    handoffs = sum(1 for s in steps if s.dispatched - s.created > 0.001)
-    lost_per_case = (GPUS * waited - busy) / max(handoffs, 1)
-    return busy / (GPUS * waited), lost_per_case, waited, handoffs
+    waits = _union([(s.created, s.dispatched) for s in steps if _waited(s)])
+    return Share(
+        gpus=gpus,
+        busy=_busy_per_gpu(steps, waits),
+        waited=sum(end - start for start, end in waits),
+        handoffs=sum(1 for s in steps if _waited(s)),
+        served=sum(1 for c in cases if any(_waited(s) for s in c.steps)),
+    )
+
+
+def at_clinic_lengths(lost_per_case: float) -> float:
+    """Busy share (%) if each case brought the clinic's GPU work and lost what it lost here."""
+    work = CLINIC_GPU_MINUTES * 60
+    return 100 * work / (work + lost_per_case)
+
+
+def _waited(step: system.StepTiming) -> bool:
+    return step.dispatched - step.created > 0.001
 
 
 def _busy_per_gpu(steps: list[system.StepTiming], waits: list[tuple[float, float]]) -> float:
@@ -60,28 +95,36 @@ def _busy_per_gpu(steps: list[system.StepTiming], waits: list[tuple[float, float
     )
 
 
-def _policy(ctx: Context, policy: str, count: int) -> list[system.CaseTiming]:
+def backlog(
+    ctx: Context, name: str, staging: Path, case_ids: list[str], edit: Callable[[dict], None]
+) -> list[system.CaseTiming]:
+    """Drop every case of ``staging`` at once on one server with ``GPUS`` GPUs; their timings."""
+    with system.production_system(ctx, name, gpus=GPUS, edit=edit) as running:
+        system.settle(5)
+        for case_id in case_ids:
+            system.drop_one(running, staging, case_id)
+        system.wait_terminal(running, case_ids, timeout=40 * len(case_ids))
+        return system.timings(running, case_ids)
+
+
+def _policy(ctx: Context, policy: str, count: int) -> Share:
     staging = ctx.root / f"busy-{policy}-staging"
     batch = system.sleepy_cases(staging, count, interpreter=INTERPRETER_SEC, moqui=MOQUI_SEC)
 
     def edit(config: dict) -> None:
         config["conductor"]["gpu_policy"] = policy
 
-    with system.production_system(ctx, f"busy-{policy}", gpus=GPUS, edit=edit) as running:
-        system.settle(5)
-        for case_id in batch.ids:
-            system.drop_one(running, staging, case_id)
-        system.wait_terminal(running, batch.ids, timeout=40 * count)
-        return system.timings(running, batch.ids)
+    return measure(backlog(ctx, f"busy-{policy}", staging, batch.ids, edit), GPUS)
 
 
 def run(ctx: Context) -> Outcome:
     count = ctx.options.scaled(10, 4)
     rows = []
     for policy in ("execute_steps", "every_step"):
-        share, lost, waited, handoffs = _figures(_policy(ctx, policy, count))
-        work = CLINIC_GPU_MINUTES * 60
-        clinic = 100 * work / (work + lost)
+        measured = _policy(ctx, policy, count)
+        handoffs = measured.handoffs
+        lost = measured.lost / max(handoffs, 1)
+        clinic = at_clinic_lengths(lost)
         target = policy == "execute_steps"
         rows += [
             Row(
@@ -103,9 +146,9 @@ def run(ctx: Context) -> Outcome:
             Row(
                 "busy",
                 f"  busy share measured with the bench's short commands, {policy}",
-                100 * share,
+                100 * measured.share,
                 "%",
-                detail=f"cases waited during {waited:.1f} s",
+                detail=f"cases waited during {measured.waited:.1f} s",
             ),
         ]
     note = (

@@ -10,6 +10,8 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "overhead": "bench.overhead",
     "busy": "bench.busy",
+    "fan_out_turnaround": "bench.fan_out_turnaround",
+    "fan_out_busy": "bench.fan_out_busy",
     "ceiling": "bench.ceiling",
     "idle": "bench.idle",
     "sftp": "bench.sftp",

@@ -85,11 +85,19 @@ def production_system(
 
 
 def sleepy_cases(
-    staging: Path, count: int, *, interpreter: tuple[float, float], moqui: tuple[float, float]
+    staging: Path,
+    count: int,
+    *,
+    interpreter: tuple[float, float],
+    moqui: tuple[float, float],
+    beams: int = 2,
+    seed: int = 3,
 ) -> Batch:
-    """``count`` valid case folders whose commands sleep a seeded random time first."""
-    _, batch = build_batch(staging, succeed=count, seed=3)
-    rng = random.Random(11)  # noqa: S311 (command lengths, not security)
+    """``count`` valid case folders of ``beams`` treatment beams whose commands sleep a
+    seeded random time first (each beam's run the same time when the simulation fans out)."""
+    _, batch = build_batch(staging, succeed=count, seed=seed, beams=beams)
+    # (11 for the default seed: the lengths the figures so far were measured with)
+    rng = random.Random(seed + 8)  # noqa: S311 (command lengths, not security)
     for case_id in batch.ids:
         folder = staging / case_id
         (folder / "MQI_SLEEP_INTERPRETER").write_text(f"{rng.uniform(*interpreter):.3f}\n")

@@ -54,3 +54,21 @@ def test_a_partial_run_replaces_its_own_rows_and_keeps_the_others(tmp_path, monk
     assert merged["benchmarks"]["overhead"] == old_overhead
     assert merged["benchmarks"]["idle"]["rows"][0]["value"] == 1.5
     assert merged["benchmarks"]["idle"]["notes"] == ["how"]
+
+
+@pytest.mark.pure
+def test_the_busy_share_counts_gpu_work_only_while_a_case_waited():
+    from bench.busy import measure
+    from bench.system import CaseTiming, StepTiming
+
+    def run(gpu: int, created: float, dispatched: float, command: tuple[float, float]):
+        return StepTiming("run_moqui_sim", "execute", gpu, created, dispatched, 0, 0, command)
+
+    first = CaseTiming("a", "COMPLETED", 0, 30, [run(0, 0, 0, (0, 20)), run(1, 0, 0, (0, 15))])
+    # the second case's beam waits from 10 s to 20 s: GPU 0 busy all along, GPU 1 until 15 s
+    second = CaseTiming("b", "COMPLETED", 10, 40, [run(0, 10, 20, (20, 30))])
+
+    measured = measure([first, second], gpus=2)
+
+    assert (measured.waited, measured.busy, measured.lost) == (10, 15, 5)
+    assert (measured.share, measured.handoffs, measured.served) == (0.75, 1, 1)
