@@ -47,7 +47,7 @@ def test_workers_killed_during_a_fan_out_lose_nothing_and_run_no_beam_twice(prod
         system.start("workers")
 
     figures = system.finish(
-        "(f) workers kill -9 during a fan-out",
+        "(g) workers kill -9 during a fan-out",
         batch,
         started=started,
         faults="2 x kill -9 of the workers with "
@@ -72,7 +72,7 @@ def test_an_sshd_outage_during_a_fan_out_pauses_the_beams_and_loses_nothing(prod
     sshd.start()
 
     figures = system.finish(
-        "(f2) sshd down during a fan-out",
+        "(g2) sshd down during a fan-out",
         batch,
         started=started,
         faults=f"sshd killed for {OUTAGE_SEC} s with {hit} beams in flight",
