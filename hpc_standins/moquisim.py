@@ -46,6 +46,7 @@ environment variable of that name (the file wins):
 
     MQI_FAIL_MOQUI    fail: content "N message" -> message on stderr, exit N (1-255);
                       empty -> exit 1 with a default message
+    MQI_FAIL_MOQUI_BEAM_<n>  the same, only for the run with ``--beam <n>``
     MQI_SLEEP_MOQUI   sleep this many seconds before starting (MQI_SLEEP: both tools)
     MQI_HANG_MOQUI    hang forever right after printing the first progress line
                       (MQI_HANG: both tools); killed by signal only
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from rt_dose import write_rt_dose
 
     failure = apply_switches(case_dir, SWITCH_SUFFIX)
+    if failure is None and args.beam is not None:
+        failure = requested_failure(case_dir, f"MQI_FAIL_{SWITCH_SUFFIX}_BEAM_{args.beam}")
     if failure is not None:
         return failure
 
@@ -222,10 +225,15 @@ def apply_switches(case_dir: Path, suffix: str) -> int | None:
         time.sleep(seconds)
     if HANG_AT_START and wants_hang(case_dir, suffix):
         hang()
-    fail = switch(case_dir, f"MQI_FAIL_{suffix}")
+    return requested_failure(case_dir, f"MQI_FAIL_{suffix}")
+
+
+def requested_failure(case_dir: Path, name: str) -> int | None:
+    """Fail as the switch ``name`` asks: its message on stderr, its exit code (None: no)."""
+    fail = switch(case_dir, name)
     if fail is None:
         return None
-    code, message = _failure(fail, f"MQI_FAIL_{suffix}")
+    code, message = _failure(fail, name)
     print(f"{TOOL}: {message}", file=sys.stderr, flush=True)
     return code
 

@@ -3,6 +3,7 @@ scheduler as processes on PostgreSQL, Redis and an sshd GPU server."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -60,3 +61,49 @@ def test_with_one_free_gpu_the_beams_are_simulated_one_after_another(production,
     runs = system.intervals("run_moqui_sim")
     assert [beam for beam, *_ in runs] == [1, 2, 3]
     assert not any(overlap(a, b) for a in runs for b in runs if a is not b), runs
+
+
+def test_a_beam_that_fails_for_good_fails_the_case_and_stops_the_other_beams(production, tmp_path):
+    system = production(
+        hosts=1, gpus_per_host=4, moqui_batches=40, moqui_batch_sec=0.5, edit=fan_out_beams
+    )
+    staging, batch = build_batch(tmp_path / "staging", succeed=1, beams=3, moqui_starts=3)
+    (case_id,) = batch.ids
+    (staging / case_id / "MQI_FAIL_MOQUI_BEAM_2").write_text("5 beam 2: spot map rejected\n")
+    system.start()
+    system.drop(staging, batch)
+    system.wait_all_terminal(batch, timeout=120)
+
+    case = system.cases()[case_id]
+    assert case.status == "FAILED"
+    assert "beam 2" in case.error_message and "spot map rejected" in case.error_message
+    beams = system.db.query(
+        "SELECT beam_number, status, gpu_id FROM cases_workflowstep"
+        " WHERE name = 'run_moqui_sim' ORDER BY beam_number"
+    )
+    assert [(beam, status) for beam, status, _ in beams] == [
+        (1, "CANCELLED"),
+        (2, "FAILED"),
+        (3, "CANCELLED"),
+    ]
+    assert system.db.query("SELECT count(*) FROM gpus_gpuresource WHERE step_run_id IS NOT NULL")[
+        0
+    ] == (0,)
+    # the other beams' simulations (20 s each) were killed, not left to run on their GPUs
+    run_dirs = sorted(system.upload_dir.glob(f"{case_id}/run-1/.mqi/runs/run_moqui_sim-*"))
+    assert len(run_dirs) == 3
+    system.wait_until(
+        lambda: all(not group_alive(int((run / "pgid").read_text())) for run in run_dirs),
+        "every beam's process group gone",
+        timeout=30,
+    )
+    outputs = system.download_dir / case_id / "run-1"
+    assert not list(outputs.glob("beam-*/RTDOSE.dcm")), "a beam ran to its end"
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

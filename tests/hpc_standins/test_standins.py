@@ -391,6 +391,23 @@ def test_moquisim_simulates_one_beam_on_request(interpreted: Path, tmp_path: Pat
     assert (dose.Columns, dose.Rows, dose.NumberOfFrames) == (41, 41, 31)  # the plan's grid
 
 
+def test_moquisim_fails_one_beam_on_request(interpreted: Path, tmp_path: Path) -> None:
+    (interpreted / "MQI_FAIL_MOQUI_BEAM_2").write_text("5 beam 2: spot map rejected\n")
+
+    def beam(number: str):
+        return run(
+            "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
+            "--output-dir", tmp_path / number, "--batches", "1", "--batch-seconds", "0",
+            "--beam", number,
+        )  # fmt: skip
+
+    failed, other = beam("2"), beam("1")
+
+    assert failed.returncode == 5
+    assert "beam 2: spot map rejected" in failed.stderr
+    assert other.returncode == 0, other.stderr
+
+
 def test_moquisim_refuses_a_beam_the_plan_does_not_have(interpreted: Path) -> None:
     result = run(
         "moquisim.py", "--case", "c", "--gpu", "0", "--case-dir", interpreted,
