@@ -48,6 +48,7 @@ import yaml
 from tests import paths
 from tests.brokers import test_redis_url
 from tests.conftest import REPO_DIR
+from tests.ports import free_port
 from tests.sshd import SSHServer
 
 PYTHON = sys.executable
@@ -66,12 +67,6 @@ ROLES: dict[str, list[str]] = {
         "evaluation_queue",
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database_url_for(db: dict[str, Any]) -> str:

@@ -28,17 +28,12 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
 from workers.transports.base import SSHTarget
 
 SSHD_PATH = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")
 START_TIMEOUT_SEC = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _keygen(path: Path) -> None:
@@ -91,7 +86,7 @@ class SSHServer:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.host_key = directory / "host_ed25519"
         self.client_key = directory / "client_ed25519"
         self.known_hosts = directory / "known_hosts"

@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_DIR, base_config
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
 IDLE_SECONDS = 6
 INFO_LINE = re.compile(r"^\S+ \S+ INFO (?P<logger>\S+?)(?: \[[^\]]*\])?: (?P<message>.*)$")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def embedded_env(tmp_path: Path) -> dict[str, str]:

@@ -5,7 +5,6 @@ settings refuse to start without them and pass ``check --deploy`` with them."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +19,10 @@ from mqi_site.config import ConfigError, parse_config
 from mqi_site.env import env_str
 from tests.badinput.conftest import Site, files_under, make_site
 from tests.conftest import REPO_DIR, base_config
+from tests.ports import free_port
 
 MARKER = "S3CRET-MARKER-d41d8cd98f"
 SECRET_KEY = MARKER + "-secret-key-" + "k" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def manage(*args: str, env: dict[str, str], cwd: Path = REPO_DIR) -> subprocess.CompletedProcess:
