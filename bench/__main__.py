@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import shutil
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-
-import yaml
 
 from bench import infra
 from bench.registry import BENCHMARKS
@@ -34,16 +31,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def _setup_django(root: Path) -> None:
-    config = root / "config-initial.yaml"
-    config.write_text(yaml.safe_dump(infra.sample_config(root), sort_keys=False))
-    os.environ.update(
-        DATABASE_URL=infra.DATABASE_URL,
-        REDIS_URL=infra.REDIS_URL,
-        DJANGO_SETTINGS_MODULE="mqi_site.settings",
-        MQI_CONFIG=str(config),
-        MQI_DATA_DIR=str(root / "data"),
-        MQI_LOG_LEVEL="WARNING",
-    )
+    infra.point_django_at_the_bench(root)
     import django
 
     django.setup()

@@ -130,6 +130,21 @@ def sample_config(root: Path, **changes: Any) -> dict[str, Any]:
     return config
 
 
+def point_django_at_the_bench(root: Path) -> None:
+    """Environment for Django in this process: the bench's database and Redis, and the
+    sample config (written under ``root``)."""
+    config = root / "config-initial.yaml"
+    config.write_text(yaml.safe_dump(sample_config(root), sort_keys=False))
+    os.environ.update(
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL=REDIS_URL,
+        DJANGO_SETTINGS_MODULE="mqi_site.settings",
+        MQI_CONFIG=str(config),
+        MQI_DATA_DIR=str(root / "data"),
+        MQI_LOG_LEVEL="WARNING",
+    )
+
+
 def use_config(path: Path, config: dict[str, Any]) -> Path:
     """Write ``config`` to ``path`` and make it this process's active configuration."""
     from django.conf import settings

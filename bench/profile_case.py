@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import tempfile
 import time
 from pathlib import Path
-
-import yaml
 
 from bench import infra
 
@@ -31,15 +28,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=40, help="cProfile lines shown")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mqi-profile-"))
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(infra.sample_config(root), sort_keys=False))
-    os.environ.update(
-        DATABASE_URL=infra.DATABASE_URL,
-        REDIS_URL=infra.REDIS_URL,
-        DJANGO_SETTINGS_MODULE="mqi_site.settings",
-        MQI_CONFIG=str(config),
-        MQI_LOG_LEVEL="WARNING",
-    )
+    infra.point_django_at_the_bench(root)
     infra.create_database()
     try:
         _profile(args.count, args.sort, args.lines)
