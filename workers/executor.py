@@ -3,7 +3,8 @@ with short poll messages, and report the outcome to the conductor.
 
 A long simulation never pins a worker thread: ``execute_command`` starts the command and
 returns; ``poll_command`` messages, re-sent with a delay, read its progress and exit code
-from files in the remote run folder.  The run folder is created atomically before the
+from files in the remote run folder, and :mod:`workers.doorbell` sends one the moment the
+command ends.  The run folder is created atomically before the
 start (see :mod:`workers.transports.detached`), so a duplicate or re-driven
 ``execute_command`` re-attaches instead of starting the command again, and a dropped SSH
 connection only delays the next poll.
@@ -35,6 +36,7 @@ from cases.services import (
 )
 from mqi_site.config import Config, StepSpec, get_config
 from mqi_site.messaging import CONDUCTOR, REMOTE_EXECUTOR, Command, ErrorKind, send
+from workers import doorbell
 from workers.hosts import ensure_remote_dir, host_environment, transport_for
 from workers.transports import Transport, TransportError
 from workers.transports.detached import (
@@ -81,6 +83,7 @@ class StepRun:
     case_dir: str
     output_dir: str
     started_at: Any
+    heartbeat_at: datetime | None
 
     @property
     def run_dir(self) -> str:
@@ -109,6 +112,7 @@ def load_step_run(step_run_id: int, config: Config) -> StepRun | None:
         case_dir=paths.case_dir,
         output_dir=paths.output_for(run.beam_number),
         started_at=run.started_at,
+        heartbeat_at=run.heartbeat_at,
     )
 
 
@@ -137,8 +141,12 @@ def _fail(run: StepRun, kind: str, message: str, status: RunStatus | None = None
     _report(run, Command.EXECUTION_FAILED, error_kind=kind, error_message=message, **tails)
 
 
+def _poll_delay_ms(polls: int) -> int:
+    return min(MAX_POLL_MS, FIRST_POLL_MS * 2**polls)
+
+
 def _poll_again(run: StepRun, *, offset: int, polls: int, unreachable: int, beat: datetime) -> None:
-    delay = min(MAX_POLL_MS, FIRST_POLL_MS * 2**polls)
+    delay = _poll_delay_ms(polls)
     payload = _poll_payload(run, offset=offset, polls=polls, unreachable=unreachable, beat=beat)
     send(REMOTE_EXECUTOR, Command.POLL_COMMAND, payload, delay_ms=delay)
 
@@ -309,7 +317,34 @@ def follow(payload: dict[str, Any]) -> None:
         return  # cancelled (the cancel message kills it) or already reported
     transport = transport_for(run.host)
     with _stopped_before_failing(run, transport):
-        _follow(run, transport, payload)
+        if payload.get("doorbell"):
+            _answer_doorbell(run, transport)
+        else:
+            _follow(run, transport, payload)
+
+
+def _answer_doorbell(run: StepRun, transport: Transport) -> None:
+    """The doorbell rang: report the command's end now instead of at the next poll.
+
+    The heartbeat's compare-and-swap against the run's current one makes this poll the
+    chain's last: the chain's next poll finds its token changed and ends, so the end is
+    reported once.  If a poll beat in between, that poll goes on and reports the end.
+    """
+    try:
+        status = poll(transport, run.run_dir, tail_bytes=TAIL_BYTES)
+    except TransportError as exc:
+        log.debug("%s: doorbell poll failed (%s); the polls go on", run.step.name, exc)
+        return
+    if status.state == RunState.RUNNING or run.heartbeat_at is None:
+        return  # the wait ran out, or the chain has not started: the polls go on
+    beat = step_run_heartbeat(
+        step_run_id=run.id,
+        deadline_sec=_grace_sec(get_config()),
+        last_beat=run.heartbeat_at,
+        tails=(status.stdout_tail[-TAIL_BYTES:], status.stderr_tail[-TAIL_BYTES:]),
+    )
+    if beat is not None:
+        _report_end(run, status)
 
 
 def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None:
@@ -354,12 +389,18 @@ def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None
     )
     if beat is None:
         return  # cancelled while we looked, or a duplicate poll: another one goes on
-    if status.state == RunState.RUNNING:
-        if _timed_out(run):
-            _timeout(run, transport, beat)
-        else:
-            _poll_again(run, offset=offset, polls=polls, unreachable=0, beat=beat)
-    elif status.state == RunState.EXITED and status.exit_code == 0:
+    if status.state != RunState.RUNNING:
+        _report_end(run, status)
+    elif _timed_out(run):
+        _timeout(run, transport, beat)
+    else:
+        doorbell.arm(host=run.host, run_dir=run.run_dir, case_id=run.case_id, step_run_id=run.id)
+        _poll_again(run, offset=offset, polls=polls, unreachable=0, beat=beat)
+
+
+def _report_end(run: StepRun, status: RunStatus) -> None:
+    """Report a command that is no longer running: its exit code decides the outcome."""
+    if status.state == RunState.EXITED and status.exit_code == 0:
         _report(
             run,
             Command.EXECUTION_SUCCEEDED,

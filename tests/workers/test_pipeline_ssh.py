@@ -15,6 +15,7 @@ from gpus.models import GPUResource
 from mqi_site.config import get_config
 from mqi_site.messaging import ErrorKind
 from tests.conftest import REPO_DIR
+from workers import executor
 from tests.workers.conftest import make_case, wait_for, wait_terminal
 from workers.scanner.scan import scan_cases
 
@@ -66,6 +67,24 @@ def test_a_case_goes_through_every_step_over_ssh(gpu_server, discovered_gpus, wo
     assert gpu_server.starts("QA-0001", "interpreter") == 1
     assert gpu_server.starts("QA-0001", "moquisim") == 1
     assert not GPUResource.objects.filter(step_run__isnull=False).exists()
+
+
+def test_a_commands_end_is_reported_as_it_happens_not_at_the_next_poll(
+    gpu_server, discovered_gpus, workers, monkeypatch
+):
+    # polls ten minutes apart: only the doorbell (a wait for the end on the server) can
+    # report the commands' ends before the test's timeout
+    monkeypatch.setattr(executor, "_poll_delay_ms", lambda polls: 600_000)
+    make_case(gpu_server.watch_dir, "QA-bell")
+
+    scan_cases(get_config())
+    (case,) = wait_terminal("QA-bell")
+
+    assert case.status == Case.Status.COMPLETED, case.error_message
+    execute_runs = case.steps.filter(type="execute")
+    assert list(execute_runs.values_list("status", flat=True)) == ["SUCCEEDED", "SUCCEEDED"]
+    # each end was reported once: no outcome arrived for a step run already done
+    assert not case.events.filter(kind="ignored_outcome").exists()
 
 
 def test_a_rerun_over_ssh_sees_only_the_fixed_folder(gpu_server, discovered_gpus, workers):

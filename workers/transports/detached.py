@@ -177,6 +177,29 @@ done
 """
 )
 
+# Blocks until the run's exit code is written or ``limit`` seconds pass. GNU tail's --pid
+# looks at the wrapper with one kill(2) every 0.1 s (no process started per look); where
+# there is no such tail or no timeout(1) (it fails at once, not with timeout's 124), a
+# loop of one-second sleeps does the waiting.
+_WAIT = (
+    r"""d=%(run_dir)s
+limit=%(limit)d
+"""
+    + _PROC_FUNCTIONS
+    + r"""
+if [ ! -e "$d/exit_code" ] && wrapper_alive; then
+  timeout "$limit" tail --pid="$wpid" -s 0.1 -f /dev/null >/dev/null 2>&1
+  if [ $? -ne 124 ]; then
+    i=0
+    while [ ! -e "$d/exit_code" ] && wrapper_alive && [ $i -lt "$limit" ]; do
+      sleep 1; i=$((i + 1))
+    done
+  fi
+fi
+if [ -e "$d/exit_code" ]; then echo ended; else echo waiting; fi
+"""
+)
+
 _READ = r"""f=%(path)s
 echo "size $(wc -c < "$f" 2>/dev/null || echo 0)"
 tail -c +%(start)d "$f" 2>/dev/null | head -c %(max_bytes)d | base64 | tr -d '\n'
@@ -299,6 +322,17 @@ def kill_group(transport: Transport, run_dir: str, grace_sec: float = 5) -> bool
     if not result.ok:
         raise _failed(transport, result, f"kill the run in {run_dir!r}")
     return result.stdout.strip() in ("terminated", "killed")
+
+
+def wait_for_end(transport: Transport, run_dir: str, limit_sec: int) -> bool:
+    """Block until the run's command has ended (True) or about ``limit_sec`` have passed, or
+    the command is gone without an exit code (False: only a :func:`poll` tells which)."""
+    _check_path(run_dir, transport)
+    script = _WAIT % {"run_dir": shlex.quote(run_dir), "limit": limit_sec}
+    result = transport.run(script, timeout=limit_sec + COMMAND_TIMEOUT_SEC)
+    if not result.ok:
+        raise _failed(transport, result, f"wait for the end of {run_dir!r}")
+    return result.stdout.strip() == "ended"
 
 
 def read_new_output(

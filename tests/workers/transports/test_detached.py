@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import threading
 import time
@@ -17,6 +18,7 @@ from workers.transports.detached import (
     poll,
     read_new_output,
     start_detached,
+    wait_for_end,
 )
 
 
@@ -219,3 +221,69 @@ def test_files_the_command_creates_get_the_usual_permissions(transport, tmp_path
 
     assert (tmp_path / "result.dcm").stat().st_mode == (tmp_path / "usual").stat().st_mode
     assert (tmp_path / "run" / "wrapper.sh").stat().st_mode & 0o077 == 0
+
+
+# --- waiting for the end (the executor's doorbell) -----------------------------------------
+
+GATED = "while [ ! -e gate ]; do sleep 0.05; done; echo through"
+
+
+def waiting(transport, run_dir: str, limit_sec: int) -> tuple[threading.Thread, list[bool]]:
+    ended: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: ended.append(wait_for_end(transport, run_dir, limit_sec)), daemon=True
+    )
+    thread.start()
+    return thread, ended
+
+
+def test_waiting_for_the_end_returns_when_the_command_ends(transport, tmp_path):
+    run_dir = str(tmp_path / "run")
+    start_detached(transport, run_dir, str(tmp_path), GATED, {})
+    thread, ended = waiting(transport, run_dir, limit_sec=600)
+    thread.join(timeout=1)
+    assert thread.is_alive(), "returned while the command still ran"
+
+    (tmp_path / "gate").touch()
+
+    thread.join(timeout=60)  # far below the limit: the end released it
+    assert ended == [True]
+    assert poll(transport, run_dir).exit_code == 0
+
+
+def test_waiting_for_the_end_gives_up_at_its_limit(transport, tmp_path):
+    run_dir = str(tmp_path / "run")
+    start_detached(transport, run_dir, str(tmp_path), GATED, {})
+
+    assert wait_for_end(transport, run_dir, limit_sec=1) is False
+    assert poll(transport, run_dir).state == RunState.RUNNING
+    (tmp_path / "gate").touch()
+
+
+def test_waiting_for_a_run_that_is_gone_returns_at_once(transport, tmp_path):
+    assert wait_for_end(transport, str(tmp_path / "never-started"), limit_sec=600) is False
+
+    run_dir = tmp_path / "run"
+    start_detached(transport, str(run_dir), str(tmp_path), "sleep 300", {})
+    wrapper_pid = int((run_dir / "wrapper").read_text().split()[0])
+    transport.run(f"kill -KILL {wrapper_pid} -{poll(transport, str(run_dir)).pgid}", timeout=10)
+    assert wait_for_end(transport, str(run_dir), limit_sec=600) is False
+
+
+def test_waiting_for_the_end_works_without_gnu_tail(monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tail").write_text("#!/bin/sh\necho 'tail: unrecognized option' >&2; exit 1\n")
+    (bin_dir / "tail").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    transport = LocalTransport()
+    run_dir = str(tmp_path / "run")
+    start_detached(transport, run_dir, str(tmp_path), GATED, {})
+    thread, ended = waiting(transport, run_dir, limit_sec=600)
+    thread.join(timeout=2)
+    assert thread.is_alive(), "returned while the command still ran"
+
+    (tmp_path / "gate").touch()
+
+    thread.join(timeout=60)
+    assert ended == [True]
