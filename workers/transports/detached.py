@@ -177,10 +177,12 @@ done
 """
 )
 
-# Blocks until the run's exit code is written or ``limit`` seconds pass. GNU tail's --pid
-# looks at the wrapper with one kill(2) every 0.1 s (no process started per look); where
-# there is no such tail or no timeout(1) (it fails at once, not with timeout's 124), a
-# loop of one-second sleeps does the waiting.
+# Blocks until the run's exit code is written or ``limit`` seconds pass.  GNU tail's --pid
+# watches the command's first process (pgid) with one kill(2) every 0.1 s, no process
+# started per look; the wrapper, blocked in wait, reaps it at once (a waited-for wrapper
+# could stay a zombie, alive to kill(2), under an init that reaps late) and writes the exit
+# code right after.  Where tail has no --pid or there is no timeout(1) (they fail at once,
+# not with timeout's 124), a loop of one-second sleeps does the waiting.
 _WAIT = (
     r"""d=%(run_dir)s
 limit=%(limit)d
@@ -188,8 +190,14 @@ limit=%(limit)d
     + _PROC_FUNCTIONS
     + r"""
 if [ ! -e "$d/exit_code" ] && wrapper_alive; then
-  timeout "$limit" tail --pid="$wpid" -s 0.1 -f /dev/null >/dev/null 2>&1
-  if [ $? -ne 124 ]; then
+  pgid=$(cat "$d/pgid" 2>/dev/null)
+  timeout "$limit" tail --pid="$pgid" -s 0.1 -f /dev/null >/dev/null 2>&1
+  waited=$?
+  i=0
+  while [ ! -e "$d/exit_code" ] && wrapper_alive && [ $i -lt 20 ]; do
+    sleep 0.05; i=$((i + 1))
+  done
+  if [ $waited -ne 124 ]; then
     i=0
     while [ ! -e "$d/exit_code" ] && wrapper_alive && [ $i -lt "$limit" ]; do
       sleep 1; i=$((i + 1))
