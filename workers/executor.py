@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError
+from django.db import DatabaseError, InterfaceError, connections
 from django.utils import timezone
 from dramatiq.errors import BrokerError
 from redis.exceptions import RedisError
@@ -323,6 +324,21 @@ def follow(payload: dict[str, Any]) -> None:
             _follow(run, transport, payload)
 
 
+def _doorbell_rang(case_id: str, step_run_id: int) -> None:
+    """The command ended: report it from the doorbell's thread, saving a trip through the
+    broker; if that fails, a worker thread answers it as a message, with Dramatiq's retries."""
+    payload = {"case_id": case_id, "step_run_id": step_run_id, "doorbell": True}
+    try:
+        follow(payload)
+    except Exception as exc:  # noqa: BLE001 - handed on, not dropped
+        log.info(
+            "step run %s: answering the doorbell failed (%s); sent to a worker", step_run_id, exc
+        )
+        send(REMOTE_EXECUTOR, Command.POLL_COMMAND, payload)
+    finally:
+        connections.close_all()  # this thread's own: it is not a worker thread
+
+
 def _answer_doorbell(run: StepRun, transport: Transport) -> None:
     """The doorbell rang: report the command's end now instead of at the next poll.
 
@@ -337,6 +353,8 @@ def _answer_doorbell(run: StepRun, transport: Transport) -> None:
         return
     if status.state == RunState.RUNNING or run.heartbeat_at is None:
         return  # the wait ran out, or the chain has not started: the polls go on
+    if status.kill_requested:
+        return  # killed at its timeout or cancel: whoever killed it reports why
     beat = step_run_heartbeat(
         step_run_id=run.id,
         deadline_sec=_grace_sec(get_config()),
@@ -394,7 +412,12 @@ def _follow(run: StepRun, transport: Transport, payload: dict[str, Any]) -> None
     elif _timed_out(run):
         _timeout(run, transport, beat)
     else:
-        doorbell.arm(host=run.host, run_dir=run.run_dir, case_id=run.case_id, step_run_id=run.id)
+        doorbell.arm(
+            key=run.id,
+            host=run.host,
+            run_dir=run.run_dir,
+            on_end=partial(_doorbell_rang, run.case_id, run.id),
+        )
         _poll_again(run, offset=offset, polls=polls, unreachable=0, beat=beat)
 
 

@@ -15,8 +15,8 @@ from gpus.models import GPUResource
 from mqi_site.config import get_config
 from mqi_site.messaging import ErrorKind
 from tests.conftest import REPO_DIR
-from workers import executor
 from tests.workers.conftest import make_case, wait_for, wait_terminal
+from workers import executor
 from workers.scanner.scan import scan_cases
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
