@@ -9,8 +9,9 @@ executor back in that thread.
 
 The polls stay the truth.  A wait that fails (connection lost, the worker restarted, more
 commands running than there are waiting threads) only leaves the end to the next poll, and
-every poll that finds the command running arms the wait again.  Each thread keeps its own
-SSH connection per host, as worker threads do.
+every poll that finds the command running arms the wait again.  The threads are daemons:
+a worker that stops does not wait for them (the remote wait ends by itself at its limit),
+and each closes the SSH connection it opened when its wait is over.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from workers.hosts import transport_for
 from workers.transports.detached import wait_for_end
+from workers.transports.ssh import close_thread_connections
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ WAIT_LIMIT_SEC = 600
 
 _lock = threading.Lock()
 _waiting: set[int] = set()
-_threads = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="mqi-doorbell")
 
 
 def arm(*, key: int, host: str, run_dir: str, on_end: Callable[[], None]) -> None:
@@ -44,7 +44,10 @@ def arm(*, key: int, host: str, run_dir: str, on_end: Callable[[], None]) -> Non
         if key in _waiting or len(_waiting) >= WAITERS:
             return
         _waiting.add(key)
-    _threads.submit(_wait, key, host, run_dir, on_end)
+    thread = threading.Thread(
+        target=_wait, args=(key, host, run_dir, on_end), name=f"doorbell-{key}", daemon=True
+    )
+    thread.start()
 
 
 def _wait(key: int, host: str, run_dir: str, on_end: Callable[[], None]) -> None:
@@ -59,5 +62,6 @@ def _wait(key: int, host: str, run_dir: str, on_end: Callable[[], None]) -> None
     except Exception:  # the polls report the end instead
         log.warning("reporting the end of %s on %s", run_dir, host, exc_info=True)
     finally:
+        close_thread_connections()
         with _lock:
             _waiting.discard(key)

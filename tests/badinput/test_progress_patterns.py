@@ -86,6 +86,7 @@ def moqui_run() -> executor.StepRun:
         case_dir="/x",
         output_dir="/y",
         started_at=None,
+        heartbeat_at=None,
     )
 
 
