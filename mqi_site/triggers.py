@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "mqi:scheduler-leader"
 LOCK_TTL_SEC = 15
+# Events come in bursts while a folder is copied: the first of a burst starts a timer, and
+# the folders named until it fires go in one scan message.  (A timer per burst, not a job
+# every 0.2 s: an idle scheduler wakes for nothing.)
+FOLDER_EVENT_BATCH_SEC = 0.2
 # The events that can make a case folder complete.  Not "opened" and "closed without
 # writing": every directory listing causes those, and the recursive watch lists each
 # folder when it sets up, so with a few thousand case folders in the watched directory
@@ -207,7 +211,12 @@ class Triggers:
 
     def _folder_changed(self, name: str) -> None:
         with self._pending_lock:
+            first = not self._pending_folders
             self._pending_folders.add(name)
+        if first:
+            timer = threading.Timer(FOLDER_EVENT_BATCH_SEC, self._flush_folder_events)
+            timer.daemon = True
+            timer.start()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -234,8 +243,6 @@ class Triggers:
                 event_filter=FOLDER_EVENTS,
             )
             self.observer.start()
-            # Events come in bursts while a folder is copied: send them in small batches.
-            self.scheduler.add_job(self._flush_folder_events, "interval", seconds=0.2)
         self.scheduler.start()
         if self._lead():
             send(GPU_DISCOVERY, Command.SYNC_GPUS, {})
