@@ -18,8 +18,9 @@ from tests.harness import standard_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-# Two seeds in every test run; bin/reliability records three for docs/reliability.md.
-SEEDS = [int(seed) for seed in os.environ.get("MQI_FAULT_SEEDS", "1,2").split(",")]
+# One seed in every test run (the fault group is the suite's longest path: each seed is about
+# a minute); bin/reliability records three for docs/reliability.md.
+SEEDS = [int(seed) for seed in os.environ.get("MQI_FAULT_SEEDS", "1").split(",")]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
