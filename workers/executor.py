@@ -3,8 +3,8 @@ with short poll messages, and report the outcome to the conductor.
 
 A long simulation never pins a worker thread: ``execute_command`` starts the command and
 returns; ``poll_command`` messages, re-sent with a delay, read its progress and exit code
-from files in the remote run folder, and :mod:`workers.doorbell` sends one the moment the
-command ends.  The run folder is created atomically before the
+from files in the remote run folder, and :mod:`workers.doorbell` reports the command's end
+the moment it comes.  The run folder is created atomically before the
 start (see :mod:`workers.transports.detached`), so a duplicate or re-driven
 ``execute_command`` re-attaches instead of starting the command again, and a dropped SSH
 connection only delays the next poll.
