@@ -32,9 +32,9 @@ FAULTS_DIR = REPO_DIR / "tests" / "faults"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The fault suite first, as one xdist group: with ``bin/test``'s two workers its
+    """The fault suite first, as one xdist group: with ``bin/test``'s workers its
     production systems run one at a time on one worker (their processes and timings stay
-    as when run alone) while the other worker takes the rest of the suite."""
+    as when run alone) while the other workers take the rest of the suite."""
     faults = [item for item in items if item.path.is_relative_to(FAULTS_DIR)]
     for item in faults:
         item.add_marker(pytest.mark.xdist_group("faults"))
