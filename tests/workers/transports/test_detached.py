@@ -228,27 +228,28 @@ def test_files_the_command_creates_get_the_usual_permissions(transport, tmp_path
 GATED = "while [ ! -e gate ]; do sleep 0.05; done; echo through"
 
 
-def waiting(transport, run_dir: str, limit_sec: int) -> tuple[threading.Thread, list[bool]]:
-    ended: list[bool] = []
-    thread = threading.Thread(
-        target=lambda: ended.append(wait_for_end(transport, run_dir, limit_sec)), daemon=True
-    )
-    thread.start()
-    return thread, ended
-
-
-def test_waiting_for_the_end_returns_when_the_command_ends(transport, tmp_path):
+def assert_the_wait_ends_with_the_command(transport, tmp_path: Path) -> None:
+    """A wait started while the gated command runs is still waiting a moment later, and
+    returns True once the gate opens and the command ends (far below its 600 s limit)."""
     run_dir = str(tmp_path / "run")
     start_detached(transport, run_dir, str(tmp_path), GATED, {})
-    thread, ended = waiting(transport, run_dir, limit_sec=600)
-    thread.join(timeout=1)
+    ended: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: ended.append(wait_for_end(transport, run_dir, 600)), daemon=True
+    )
+    thread.start()
+    thread.join(timeout=2)
     assert thread.is_alive(), "returned while the command still ran"
 
     (tmp_path / "gate").touch()
 
-    thread.join(timeout=60)  # far below the limit: the end released it
+    thread.join(timeout=60)
     assert ended == [True]
     assert poll(transport, run_dir).exit_code == 0
+
+
+def test_waiting_for_the_end_returns_when_the_command_ends(transport, tmp_path):
+    assert_the_wait_ends_with_the_command(transport, tmp_path)
 
 
 def test_waiting_for_the_end_gives_up_at_its_limit(transport, tmp_path):
@@ -276,14 +277,5 @@ def test_waiting_for_the_end_works_without_gnu_tail(monkeypatch, tmp_path):
     (bin_dir / "tail").write_text("#!/bin/sh\necho 'tail: unrecognized option' >&2; exit 1\n")
     (bin_dir / "tail").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    transport = LocalTransport()
-    run_dir = str(tmp_path / "run")
-    start_detached(transport, run_dir, str(tmp_path), GATED, {})
-    thread, ended = waiting(transport, run_dir, limit_sec=600)
-    thread.join(timeout=2)
-    assert thread.is_alive(), "returned while the command still ran"
 
-    (tmp_path / "gate").touch()
-
-    thread.join(timeout=60)
-    assert ended == [True]
+    assert_the_wait_ends_with_the_command(LocalTransport(), tmp_path)
